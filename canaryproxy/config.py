@@ -1,0 +1,258 @@
+"""Configuration: YAML text -> validated, typed objects. The single hand-off is `load(path, environ)`.
+
+Strings may reference the environment as `${NAME}` or `${NAME:-default}` (write `$${` for a literal
+`${`), so secrets such as the admin token stay out of the file. The environment is passed in, not
+read globally, so tests and `check-config` see exactly what they are given.
+
+Every problem in a file is reported at once, each as `field.path: what is wrong`, and surfaces as a
+`ConfigError` (exit status 2 from the CLI), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from canaryproxy.core.units import parse_duration, parse_size
+from canaryproxy.errors import ConfigError
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Strict(BaseModel):
+    # A typo in a key must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parse_listen(value: object) -> tuple[str, int]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        host, port = value
+    elif isinstance(value, str):
+        text = value.strip()
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+        if not match:
+            raise ValueError(f"expected host:port such as 127.0.0.1:8080 or [::1]:8080, got {value!r}")
+        host = match.group(1) or match.group(3) or "0.0.0.0"
+        port = match.group(2) or match.group(4)
+    else:
+        raise ValueError(f"expected host:port such as 127.0.0.1:8080, got {value!r}")
+    port = int(port)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be within 0-65535, got {port}")
+    return str(host), port
+
+
+Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminConfig(_Strict):
+    listen: Listen = ("127.0.0.1", 9090)
+    token: str | None = Field(default=None, description="bearer token for admin mutations; use ${ENV}")
+
+    @field_validator("token")
+    @classmethod
+    def _empty_is_none(cls, token: str | None) -> str | None:
+        # `${CANARYPROXY_ADMIN_TOKEN:-}` with the variable unset means "no token".
+        return token or None
+
+
+def _check_upstream_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"an upstream URL takes no query or fragment, got {value!r}")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r}: {exc}") from None
+    return value.rstrip("/")
+
+
+UpstreamUrl = Annotated[str, BeforeValidator(lambda v: _check_upstream_url(v) if isinstance(v, str) else v)]
+
+
+class UpstreamsConfig(_Strict):
+    stable: UpstreamUrl
+    canary: UpstreamUrl
+
+
+_STICKY = re.compile(r"(header|cookie|query):([!#$%&'*+.^_`|~0-9A-Za-z-]+)|client-ip")
+
+
+class RoutingConfig(_Strict):
+    weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    sticky: tuple[str, ...] = ("header:x-user-id", "cookie:session", "client-ip")
+    override_header: str | None = None
+    served_by_header: str | None = "x-canary-version"
+
+    @field_validator("weight")
+    @classmethod
+    def _one_bucket_resolution(cls, weight: float) -> float:
+        # 10,000 buckets: the finest weight step is 0.01 percent.
+        if abs(weight * 100 - round(weight * 100)) > 1e-9:
+            raise ValueError(f"weight has at most two decimals (0.01% steps), got {weight}")
+        return weight
+
+    @field_validator("sticky")
+    @classmethod
+    def _known_key_sources(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        for source in sources:
+            if not _STICKY.fullmatch(source):
+                raise ValueError(
+                    f"unknown sticky key {source!r}: use header:NAME, cookie:NAME, query:NAME or client-ip"
+                )
+        return sources
+
+
+class TimeoutsConfig(_Strict):
+    connect: Duration = Field(default=5.0, gt=0)
+    first_byte: Duration = Field(default=300.0, gt=0)
+    idle: Duration = Field(default=60.0, gt=0)
+    client_body: Duration = Field(default=30.0, gt=0)
+    client_write: Duration = Field(default=60.0, gt=0)
+    keepalive: Duration = Field(default=75.0, ge=0)
+    drain: Duration = Field(default=30.0, ge=0)
+
+
+class LimitsConfig(_Strict):
+    max_request_body: Size = Field(default=32 * 1024**2, ge=0)
+    upstream_connections: int = Field(default=1000, ge=1)
+
+
+class Config(_Strict):
+    listen: Listen = ("0.0.0.0", 8080)
+    admin: AdminConfig = AdminConfig()
+    upstreams: UpstreamsConfig
+    routing: RoutingConfig = RoutingConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            nets = []
+            for item in value:
+                try:
+                    nets.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError:
+                    raise ValueError(f"expected CIDRs such as 10.0.0.0/8, got {item!r}") from None
+            return tuple(nets)
+        return value
+
+    @model_validator(mode="after")
+    def _admin_token_off_loopback(self) -> Config:
+        # Anyone who can reach the admin port could send all traffic to an untested model.
+        if not is_loopback(self.admin.listen[0]) and not self.admin.token:
+            raise ValueError(
+                f"admin.listen is {self.admin.listen[0]}, not a loopback address: set admin.token "
+                "(for example token: ${CANARYPROXY_ADMIN_TOKEN})"
+            )
+        return self
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '(top)'}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, environ, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    location = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            location += f"[{part}]"
+        else:
+            location += f".{part}" if location else str(part)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see config/example.yaml)"
+    elif error["type"] == "missing":
+        message = "required"
+    elif "input" in error and not isinstance(error["input"], (dict, list)) and "got" not in message:
+        message += f" (got {error['input']!r})"
+    return f"{location or '(top)'}: {message}"
+
+
+def parse(text: str, environ: Mapping[str, str], source: str = "<config>") -> Config:
+    """Validate config text. Raises ConfigError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; see config/example.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top, got {type(raw).__name__}")
+    problems: list[str] = []
+    expanded = _expand(raw, environ, "", problems)
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        problems += [_describe(e) for e in exc.errors()]
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration", problems)
+    return config
+
+
+def load(path: str | Path, environ: Mapping[str, str]) -> Config:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse(text, environ, str(path))

@@ -1,0 +1,182 @@
+"""The vocabulary every layer shares: arms, outcomes of requests, verdicts of rules.
+
+`Outcome` is the one record of a finished (or failed) request. The data plane creates it when it
+routes a request, the inspectors fill in what they read from the response, and when the request
+ends it is handed to an `OutcomeSink` (the metric windows, the judge, the exporter). It is a
+mutable slotted dataclass because it is filled in step by step on the hot path.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+
+class Arm(str, enum.Enum):
+    """Which version served a request. The value doubles as the Prometheus label."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a request did not end with a complete upstream response. Bounded: used as a label."""
+
+    # Faults of the upstream: they count against the version that served the request.
+    CONNECT = "connect"  # refused, unreachable, reset during connect
+    CONNECT_TIMEOUT = "connect_timeout"  # no connection (or pool slot) within timeouts.connect
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"  # no response byte within timeouts.first_byte
+    IDLE_TIMEOUT = "idle_timeout"  # a gap between body chunks longer than timeouts.idle
+    RESET = "reset"  # the upstream connection broke in the middle of the response
+    BAD_RESPONSE = "bad_response"  # unparsable status line, headers or body framing
+
+    # Not the upstream's fault: recorded, but never held against a version.
+    CLIENT_DISCONNECT = "client_disconnect"  # the client went away before the response ended
+    CLIENT_BODY_TIMEOUT = "client_body_timeout"  # the request body did not arrive in time (408)
+    BODY_TOO_LARGE = "body_too_large"  # the request body is over limits.max_request_body (413)
+    CLIENT_WRITE_TIMEOUT = "client_write_timeout"  # the client stopped reading the response
+    SHUTDOWN = "shutdown"  # still running when the drain window ended
+
+    @property
+    def is_upstream_fault(self) -> bool:
+        return self in _UPSTREAM_FAULTS
+
+
+_UPSTREAM_FAULTS = frozenset(
+    {
+        ErrorKind.CONNECT,
+        ErrorKind.CONNECT_TIMEOUT,
+        ErrorKind.FIRST_BYTE_TIMEOUT,
+        ErrorKind.IDLE_TIMEOUT,
+        ErrorKind.RESET,
+        ErrorKind.BAD_RESPONSE,
+    }
+)
+
+
+@dataclass(slots=True, eq=False)
+class Outcome:
+    """One request, from routing to its last byte.
+
+    Times are seconds. `started` is on the monotonic clock the windows use; durations are relative
+    to it. Optional fields stay None when nothing was measured (a non-LLM response has no tokens).
+    """
+
+    arm: Arm
+    started: float
+    weight: float = 0.0  # canary weight in percent in force when the request was routed
+    key_hash: int | None = None  # 64-bit hash of the sticky key; None when routed at random
+    request_id: str = ""
+    method: str = ""
+    route: str = ""  # the inspected API ("chat.completions", "messages", ...) or "" for generic
+
+    # Filled by the data plane.
+    status: int = 0  # status sent to the client; 0 when the connection ended before headers
+    latency: float = 0.0  # received -> last byte sent (or failure)
+    ttfb: float | None = None  # received -> upstream response headers
+    bytes_in: int = 0  # request body bytes forwarded
+    bytes_out: int = 0  # response body bytes sent to the client
+    error: ErrorKind | None = None
+    truncated: bool = False  # the response body ended before it was complete
+
+    # Filled by the inspectors (LLM responses).
+    stream: bool = False
+    model: str | None = None
+    ttft: float | None = None  # received -> first content token (not first byte)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    usage_missing: bool = False  # no usage in the response; completion_tokens is an estimate
+    output_chars: int | None = None  # content plus tool-call arguments, in characters
+    finish_reason: str | None = None
+    schema_ok: bool | None = None  # None: not checked
+    schema_skipped: bool = False  # output too large to validate within the time bound
+    guardrails: tuple[str, ...] = ()  # sources of guardrail interventions (bounded names)
+    cost_usd: float | None = None
+    inspect_error: bool = False  # the response could not be parsed; bytes passed through as-is
+
+    @property
+    def failed(self) -> bool:
+        """A failure of the version that served it: 5xx, an upstream fault, or a truncated body."""
+        if self.truncated or self.status >= 500:
+            return True
+        error = self.error
+        return error is not None and error.is_upstream_fault
+
+    @property
+    def status_class(self) -> str:
+        """"2xx".."5xx", or "none" when no status reached the client."""
+        status = self.status
+        if status < 100 or status > 599:
+            return "none"
+        return _STATUS_CLASSES[status // 100]
+
+    @property
+    def counts_for_version(self) -> bool:
+        """Whether this request says anything about the version.
+
+        A client that hung up, or a body we refused, never reached a verdict on the upstream.
+        """
+        error = self.error
+        return error is None or error.is_upstream_fault
+
+
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class OutcomeSink(Protocol):
+    """Receives every finished request. Called on the event loop: must be O(1) and never raise."""
+
+    def record(self, outcome: Outcome) -> None: ...
+
+
+class DiscardSink:
+    __slots__ = ()
+
+    def record(self, outcome: Outcome) -> None:
+        return None
+
+
+class FanOutSink:
+    """Hands each outcome to several sinks, in order."""
+
+    __slots__ = ("_sinks",)
+
+    def __init__(self, *sinks: OutcomeSink) -> None:
+        self._sinks = tuple(sinks)
+
+    def record(self, outcome: Outcome) -> None:
+        for sink in self._sinks:
+            sink.record(outcome)
+
+
+class Status(str, enum.Enum):
+    """Argo Rollouts' three outcomes, plus `pending` for a breach not yet sustained for `for:`."""
+
+    PASS = "pass"  # enough samples, condition not met
+    PENDING = "pending"  # condition met, not yet for the rule's full `for` duration
+    FAIL = "fail"  # condition met for the full `for` duration: the rule fires
+    INCONCLUSIVE = "inconclusive"  # too few samples: neither healthy nor failing
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one rule or test says about the canary now, and why.
+
+    `reason` is a sentence an operator reads ("error_rate 0.21 > 0.05 for 5m0s (canary n=340)");
+    `details` carries the numbers behind it (values, thresholds, windows, sample counts) for the
+    decision record.
+    """
+
+    source: str  # rule name, or "judge:<test>" for the statistical judge
+    status: Status
+    reason: str
+    also_on_stable: bool = False  # the same condition holds on stable: an environment problem
+    details: Mapping[str, Any] = field(default_factory=dict)

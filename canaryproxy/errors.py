@@ -1,0 +1,63 @@
+"""The one exception tree of canaryproxy.
+
+    CanaryProxyError
+    ├── ConfigError            a config file, a flag or an environment variable is wrong (exit status 2)
+    ├── StartupError           the proxy cannot start safely here (e.g. aiohttp's pure-Python parser)
+    ├── StateError             the durable rollout state cannot be read or written
+    ├── CommandRejected        an operator command does not apply in the current phase (admin API: 409)
+    └── UpstreamError          an upstream could not give a usable response (data plane: 502/504)
+        ├── UpstreamConnectError       refused, unreachable, or no pool slot in time
+        ├── UpstreamTimeout            connect, first-byte or idle-between-chunks deadline passed
+        └── UpstreamProtocolError      unparsable status line, headers or framing; reset mid-response
+
+Every error carries a message written for the operator who reads it: what went wrong, where, and
+(when we know) what to do.
+"""
+
+from __future__ import annotations
+
+
+class CanaryProxyError(Exception):
+    """Base of every error canaryproxy raises on purpose."""
+
+
+class ConfigError(CanaryProxyError):
+    """Bad configuration. `problems` lists one "field.path: what is wrong" line per problem."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or []
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        head = super().__str__()
+        if not self.problems:
+            return head
+        return head + "\n" + "\n".join(f"  {p}" for p in self.problems)
+
+
+class StartupError(CanaryProxyError):
+    """The proxy refuses to start: running would be unsafe or cannot work."""
+
+
+class StateError(CanaryProxyError):
+    """The durable rollout state is unreadable, corrupt, or cannot be written."""
+
+
+class CommandRejected(CanaryProxyError):
+    """An operator command that does not apply now (e.g. resume while not paused)."""
+
+
+class UpstreamError(CanaryProxyError):
+    """An upstream could not give a usable response."""
+
+
+class UpstreamConnectError(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class UpstreamProtocolError(UpstreamError):
+    pass
