@@ -1,20 +1,253 @@
-"""The admin listener: health, readiness, and (later) the admin API, metrics and dashboard."""
+"""The admin listener: health, Prometheus metrics, the admin API and the dashboard.
+
+Reads are open (on a listener that is loopback-only unless a token is set). Every mutation is a
+POST with a JSON body and, when `admin.token` is set, `Authorization: Bearer <token>` (compared in
+constant time). Every mutation, accepted or refused, is written to the audit log: who (the
+`actor` the caller names, e.g. the CLI sends $USER), from where, the state before and after, the
+reason, and the outcome. A bad request gets a 4xx with a precise message and changes nothing.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from canaryproxy.controller import Controller
+from canaryproxy.core.stages import Op
+from canaryproxy.core.units import parse_duration
+from canaryproxy.errors import CommandRejected
+
+audit_logger = logging.getLogger("canaryproxy.audit")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def health_routes(is_ready: Callable[[], bool]) -> list[web.RouteDef]:
-    async def healthz(request: web.Request) -> web.Response:
+# --- request bodies ---------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    actor: str = Field(default="", max_length=200)
+    reason: str = Field(default="", max_length=1000)
+
+
+class PromoteBody(_Body):
+    to_end: bool = False
+
+
+class WeightBody(_Body):
+    weight: float = Field(ge=0, le=100)
+
+    @field_validator("weight")
+    @classmethod
+    def _one_bucket_resolution(cls, weight: float) -> float:
+        # The splitter has 10,000 buckets: a weight finer than 0.01% cannot be put in force.
+        if abs(weight * 100 - round(weight * 100)) > 1e-9:
+            raise ValueError(f"weight has at most two decimals (0.01% steps), got {weight}")
+        return weight
+
+
+class RollbackBody(_Body):
+    pass
+
+
+BODIES: dict[str, type[_Body]] = {
+    "start": _Body, "pause": _Body, "resume": _Body, "promote": PromoteBody,
+    "rollback": RollbackBody, "weight": WeightBody,
+}
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "admin_error", "code": code}},
+                             status=status, headers=headers or None)
+
+
+class AuditLog:
+    """Append-only JSON lines: one per mutation attempt."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, sort_keys=True)
+        audit_logger.info(line)
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:  # O_APPEND: concurrent writers never interleave
+                f.write(line + "\n")
+
+
+class AdminAPI:
+    def __init__(
+        self,
+        controller: Controller | None,
+        registry: CollectorRegistry,
+        is_ready: Callable[[], bool],
+        get_weight: Callable[[], float],
+        set_weight: Callable[[float], None],
+        token: str | None,
+        audit: AuditLog,
+    ) -> None:
+        self.controller = controller
+        self.registry = registry
+        self.is_ready = is_ready
+        self.get_weight = get_weight
+        self.set_weight = set_weight
+        self._token = token.encode() if token else None
+        self.audit = audit
+
+    def routes(self) -> list[web.RouteDef]:
+        routes = [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+            web.get("/admin/status", self.status),
+            web.get("/admin/decisions", self.decisions),
+            web.get("/admin/openapi.json", self.openapi),
+        ]
+        for name in BODIES:
+            routes.append(web.post(f"/admin/{name}", self._mutation(name)))
+        return routes
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.add_routes(self.routes())
+        return app
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
         # Liveness: the event loop answers. Never depends on upstreams (a restart would not help).
         return web.json_response({"status": "ok"})
 
-    async def readyz(request: web.Request) -> web.Response:
-        if is_ready():
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.is_ready():
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "draining"}, status=503)
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(self, request: web.Request) -> web.Response:
+        window = 60.0
+        if "window" in request.query:
+            try:
+                window = parse_duration(request.query["window"])
+            except ValueError as exc:
+                return _error(400, "bad_window", f"window: {exc}")
+            if window <= 0:
+                return _error(400, "bad_window", "window: must be > 0")
+        if self.controller is None:
+            return web.json_response({"phase": "static", "weight": self.get_weight(),
+                                      "explain": "no rollout configured: a fixed split"})
+        return web.json_response(self.controller.status(window))
+
+    async def decisions(self, request: web.Request) -> web.Response:
+        limit = 100
+        if "limit" in request.query:
+            try:
+                limit = int(request.query["limit"])
+                if not 1 <= limit <= 10_000:
+                    raise ValueError
+            except ValueError:
+                return _error(400, "bad_limit", "limit: an integer from 1 to 10000")
+        records = list(self.controller.decisions)[-limit:] if self.controller is not None else []
+        return web.json_response({"decisions": records})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from canaryproxy.openapi import spec
+
+        return web.json_response(spec())
+
+    # --- mutations -------------------------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> web.Response | None:
+        if self._token is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() != "bearer" or not supplied:
+            return _error(401, "unauthorized", "admin mutations need 'Authorization: Bearer <token>'",
+                          **{"WWW-Authenticate": 'Bearer realm="canaryproxy"'})
+        if not hmac.compare_digest(supplied.strip().encode(), self._token):
+            return _error(403, "forbidden", "the admin token is not valid")
+        return None
+
+    def _snapshot(self) -> dict[str, Any]:
+        if self.controller is None:
+            return {"phase": "static", "weight": self.get_weight()}
+        s = self.controller.state
+        return {"phase": s.phase.value, "stage": s.stage + 1, "weight": s.weight, "generation": s.generation}
+
+    def _mutation(self, name: str) -> Handler:
+        body_model = BODIES[name]
+
+        async def handler(request: web.Request) -> web.Response:
+            before = self._snapshot()
+            entry: dict[str, Any] = {
+                "time": time.time(), "action": name, "remote": request.remote,
+                "actor": request.headers.get("X-Actor"), "before": before,
+            }
+            response, reason = await self._mutate(request, name, body_model, entry)
+            entry.update(status=response.status, accepted=response.status < 300, reason=reason,
+                         after=self._snapshot())
+            if response.status >= 300:
+                entry["error"] = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]
+            self.audit.write(entry)
+            return response
+
+        return handler
+
+    async def _mutate(self, request: web.Request, name: str, body_model: type[_Body],
+                      entry: dict[str, Any]) -> tuple[web.Response, str]:
+        refusal = self._authorized(request)
+        if refusal is not None:
+            return refusal, ""
+        try:
+            raw = await request.read()
+            data = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, "bad_json", f"the body must be a JSON object: {exc}"), ""
+        if not isinstance(data, dict):
+            return _error(400, "bad_json", "the body must be a JSON object"), ""
+        try:
+            body = body_model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            return _error(400, "bad_request", problems), ""
+        if body.actor:
+            entry["actor"] = body.actor
+        actor = entry["actor"] or "unknown"
+        if self.controller is None:
+            if name != "weight":
+                return _error(409, "no_rollout", f"cannot {name}: no rollout is configured "
+                              "(add a rollout section to the config); only weight applies"), body.reason
+            assert isinstance(body, WeightBody)
+            self.set_weight(body.weight)
+            return web.json_response(self._snapshot()), body.reason
+        op = Op.SET_WEIGHT if name == "weight" else Op(name)
+        try:
+            self.controller.command(
+                op, actor=actor, reason=body.reason,
+                weight=body.weight if isinstance(body, WeightBody) else None,
+                to_end=body.to_end if isinstance(body, PromoteBody) else False,
+            )
+        except CommandRejected as exc:
+            return _error(409, "rejected", str(exc)), body.reason
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc)), body.reason
+        return web.json_response(self.controller.status()), body.reason
+

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from importlib import resources
-from typing import Sequence
+from typing import Callable, Sequence
 
 from canaryproxy import __version__
 from canaryproxy.config import Config, load, parse
@@ -62,6 +62,76 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- talking to a running proxy's admin API -------------------------------------------------------
+
+DEFAULT_ADMIN = "http://127.0.0.1:9090"
+
+
+class AdminUnreachable(CanaryProxyError):
+    pass
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.admin.rstrip("/") + path
+    headers = {"Accept": "application/json"}
+    token = os.environ.get("CANARYPROXY_ADMIN_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        body = {"actor": os.environ.get("USER") or os.environ.get("USERNAME") or "cli", **body}
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": {"message": exc.reason}}
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminUnreachable(f"cannot reach the admin API at {url}: {reason} "
+                               "(set --admin or CANARYPROXY_ADMIN_URL)") from None
+
+
+def _fail(status: int, payload: dict) -> int:
+    message = payload.get("error", {}).get("message", f"HTTP {status}")
+    print(f"canaryproxy: {message}", file=sys.stderr)
+    return EXIT_USAGE if status in (400, 401, 403, 409) else EXIT_FAILURE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from canaryproxy.status_view import render_status
+
+    status, payload = _admin_call(args, "GET", f"/admin/status?window={args.window}")
+    if status != 200:
+        return _fail(status, payload)
+    print(json.dumps(payload, indent=2) if args.json else render_status(payload))
+    return EXIT_OK
+
+
+def _mutation(name: str, body_of: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from canaryproxy.status_view import render_status
+
+        status, payload = _admin_call(args, "POST", f"/admin/{name}", body_of(args))
+        if status != 200:
+            return _fail(status, payload)
+        print(render_status(payload))
+        return EXIT_OK
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="canaryproxy",
@@ -77,6 +147,40 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_config)
+
+    def admin_command(name: str, help_text: str):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--admin", default=os.environ.get("CANARYPROXY_ADMIN_URL", DEFAULT_ADMIN),
+                         help=f"admin API base URL (default: $CANARYPROXY_ADMIN_URL or {DEFAULT_ADMIN}); "
+                              "the token comes from $CANARYPROXY_ADMIN_TOKEN")
+        sub.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+        return sub
+
+    status = admin_command("status", "show the rollout: phase, stage, weight, per-version metrics, rules")
+    status.add_argument("--json", action="store_true", help="print the raw status document")
+    status.add_argument("--window", default="1m", help="span of the per-version metrics (default 1m)")
+    status.set_defaults(handler=cmd_status)
+
+    for name, help_text in (("start", "start the rollout at its first stage"),
+                            ("pause", "pause the rollout; the weight stays"),
+                            ("resume", "resume at the current stage")):
+        sub = admin_command(name, help_text)
+        sub.add_argument("--reason", default="")
+        sub.set_defaults(handler=_mutation(name, lambda a: {"reason": a.reason}))
+
+    promote = admin_command("promote", "advance one stage (or --to-end: straight to 100%%)")
+    promote.add_argument("--to-end", action="store_true")
+    promote.add_argument("--reason", default="")
+    promote.set_defaults(handler=_mutation("promote", lambda a: {"reason": a.reason, "to_end": a.to_end}))
+
+    rollback = admin_command("rollback", "roll back: canary weight 0")
+    rollback.add_argument("--reason", default="", help="why (recorded in the decision and audit logs)")
+    rollback.set_defaults(handler=_mutation("rollback", lambda a: {"reason": a.reason}))
+
+    weight = admin_command("set-weight", "set the canary weight by hand (pauses the automatic side)")
+    weight.add_argument("weight", type=float, help="percent, 0-100")
+    weight.add_argument("--reason", default="")
+    weight.set_defaults(handler=_mutation("weight", lambda a: {"weight": a.weight, "reason": a.reason}))
     return parser
 
 

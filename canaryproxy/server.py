@@ -15,21 +15,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Mapping
+from pathlib import Path
 
 from aiohttp import web
 
-from canaryproxy import admin
+from prometheus_client import CollectorRegistry
+
+from canaryproxy.admin import AdminAPI, AuditLog
+from canaryproxy.alerts import Alerter, Webhook
 from canaryproxy.clock import Clock, SystemClock
 from canaryproxy.config import Config
+from canaryproxy.controller import LATENCY_BASELINE_SPAN, Controller
+from canaryproxy.core.judge import Judge
+from canaryproxy.core.rules import RuleEngine
 from canaryproxy.core.splitter import Splitter
-from canaryproxy.core.types import Arm, DiscardSink, OutcomeSink
+from canaryproxy.core.types import Arm, FanOutSink, Outcome, OutcomeSink
+from canaryproxy.core.window import WindowConfig, Windows
 from canaryproxy.errors import StartupError
+from canaryproxy.exporter import Exporter, Totals
 from canaryproxy.proxy.forward import Forwarder, ProxySettings
 from canaryproxy.proxy.headers import TrustedProxies
 from canaryproxy.proxy.routing import Router
+from canaryproxy.state import FileStateStore, MemoryStateStore, StateStore
 
 log = logging.getLogger("canaryproxy")
+
+
+class QuietMalformedRequests(logging.Filter):
+    """aiohttp logs every malformed request as an ERROR with a traceback. At a proxy's front door
+    they are routine (scanners, broken clients) and already answered with 400: log one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            error = record.exc_info[1]
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "rejected a malformed request: %s", (
+                str(getattr(error, "message", error)).strip().splitlines()[0],)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_quiet_filter = QuietMalformedRequests()
 
 
 def require_c_parser() -> None:
@@ -61,6 +90,36 @@ def proxy_settings(config: Config) -> ProxySettings:
     )
 
 
+class WindowRecorder:
+    """OutcomeSink that files each outcome in the windows at the time it finished."""
+
+    __slots__ = ("_windows",)
+
+    def __init__(self, windows: Windows) -> None:
+        self._windows = windows
+
+    def record(self, outcome: Outcome) -> None:
+        self._windows.record(outcome, outcome.started + outcome.latency)
+
+
+def window_config(config: Config) -> WindowConfig:
+    longest = config.rollout.longest_window() if config.rollout else 0.0
+    span = max(config.windows.span, longest, LATENCY_BASELINE_SPAN)
+    return WindowConfig(bucket_seconds=config.windows.bucket, span_seconds=span)
+
+
+def state_store(config: Config) -> StateStore:
+    return FileStateStore(config.state.path) if config.state.path else MemoryStateStore()
+
+
+def audit_path(config: Config) -> Path | None:
+    if config.state.audit_log:
+        return config.state.audit_log
+    if config.state.path:
+        return config.state.path.parent / "audit.jsonl"
+    return None
+
+
 class CanaryProxy:
     def __init__(
         self,
@@ -68,7 +127,6 @@ class CanaryProxy:
         *,
         clock: Clock | None = None,
         sink: OutcomeSink | None = None,
-        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -77,12 +135,47 @@ class CanaryProxy:
         self.router = Router(
             self.splitter, config.routing.sticky, trusted, config.routing.override_header
         )
+        self.windows = Windows(window_config(config))
+        self.totals = Totals()
+        self.alerter = Alerter(
+            [Webhook(w.url, w.format, w.timeout, w.retries) for w in config.alerts.webhooks],
+            context={"upstreams": {"stable": config.upstreams.stable, "canary": config.upstreams.canary}},
+        )
+        self.controller: Controller | None = None
+        if config.rollout is not None:
+            rollout = config.rollout
+            self.controller = Controller(
+                rollout.to_plan(),
+                RuleEngine([r.to_rule() for r in rollout.rules]),
+                Judge(rollout.judge.to_judge_config()) if rollout.judge.enabled else None,
+                self.windows,
+                state_store(config),
+                self.alerter,
+                self.set_weight,
+                self.clock,
+                rollout.evaluate_every,
+                autostart=rollout.start == "auto",
+            )
+        sinks: list[OutcomeSink] = [WindowRecorder(self.windows), self.totals]
+        if self.controller is not None:
+            sinks.append(self.controller)
+        if sink is not None:
+            sinks.append(sink)
+        self.registry = CollectorRegistry()
+        self.registry.register(
+            Exporter(self.totals, lambda: self.weight,
+                     self.controller.metrics if self.controller is not None else None)
+        )
         self.forwarder = Forwarder(
             proxy_settings(config),
             self.router,
             trusted,
-            sink or DiscardSink(),
+            FanOutSink(*sinks),
             now=self.clock.monotonic,
+        )
+        self.admin = AdminAPI(
+            self.controller, self.registry, self.is_ready, lambda: self.weight, self.set_weight,
+            config.admin.token, AuditLog(audit_path(config)),
         )
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -108,6 +201,7 @@ class CanaryProxy:
 
     async def start(self) -> None:
         require_c_parser()
+        logging.getLogger("aiohttp.server").addFilter(_quiet_filter)
         config = self.config
         await self.forwarder.start()
 
@@ -121,9 +215,11 @@ class CanaryProxy:
         self._data_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         await self._data_runner.setup()
 
-        admin_app = web.Application()
-        admin_app.add_routes(admin.health_routes(self.is_ready))
-        self._admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None)
+        await self.alerter.start()
+        if self.controller is not None:
+            self.controller.boot()
+            await self.controller.start()
+        self._admin_runner = web.AppRunner(self.admin.application(), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
 
         try:
@@ -167,6 +263,8 @@ class CanaryProxy:
         self._stopped.set()
 
     async def _cleanup(self) -> None:
+        if self.controller is not None:
+            await self.controller.stop()
         if self._data_runner is not None:
             await self._data_runner.cleanup()
             self._data_runner = None
@@ -174,6 +272,7 @@ class CanaryProxy:
             await self._admin_runner.cleanup()
             self._admin_runner = None
         await self.forwarder.close()
+        await self.alerter.close()
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and return."""

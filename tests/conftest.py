@@ -30,7 +30,9 @@ async def make_proxy(upstreams) -> AsyncIterator[ProxyFactory]:
                       sink=None, **sections) -> CanaryProxy:
         stable, canary = upstreams
         config = proxy_config(stable_url or stable.url, canary_url or canary.url, **sections)
-        proxy = CanaryProxy(config, sink=sink if sink is not None else ListSink())
+        sink = sink if sink is not None else ListSink()
+        proxy = CanaryProxy(config, sink=sink)
+        proxy.test_sink = sink  # every outcome the proxy produced, for assertions
         await proxy.start()
         started.append(proxy)
         return proxy

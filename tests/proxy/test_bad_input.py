@@ -74,7 +74,7 @@ async def test_a_chunked_body_that_grows_over_the_limit_is_413(make_proxy, upstr
         async with client.post(f"http://127.0.0.1:{proxy.data_port}/upload", data=body()) as r:
             assert r.status == 413
             assert (await r.json())["error"]["code"] == "body_too_large"
-    outcome = await eventually(lambda: proxy.forwarder.sink.outcomes)
+    outcome = await eventually(lambda: proxy.test_sink.outcomes)
     assert outcome[0].error.value == "body_too_large" and not outcome[0].counts_for_version
 
 

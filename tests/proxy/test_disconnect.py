@@ -32,7 +32,7 @@ async def test_client_leaving_during_prefill_cancels_the_upstream_within_100ms(m
     left_at = await open_and_abandon(proxy.data_port, "/prefill", started.wait)
     await eventually(lambda: stable.cancelled_at, timeout=2)
     assert stable.cancelled_at[0] - left_at < 0.1
-    outcome = await eventually(lambda: proxy.forwarder.sink.outcomes and proxy.forwarder.sink.outcomes[0])
+    outcome = await eventually(lambda: proxy.test_sink.outcomes and proxy.test_sink.outcomes[0])
     assert outcome.error.value == "client_disconnect" and not outcome.counts_for_version
 
 

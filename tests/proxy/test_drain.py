@@ -43,7 +43,7 @@ async def test_in_flight_stream_finishes_within_the_drain_window(make_proxy, ups
             body = await stream.read()
         await shutdown
     assert body.endswith(b"data: [DONE]\n\n")
-    assert proxy.forwarder.sink.outcomes[0].error is None
+    assert proxy.test_sink.outcomes[0].error is None
 
 
 async def test_readiness_fails_while_draining(make_proxy, upstreams):
@@ -77,7 +77,7 @@ async def test_streams_still_running_when_the_window_ends_are_aborted(make_proxy
             with pytest.raises(aiohttp.ClientPayloadError):
                 await stream.read()
         await asyncio.wait_for(shutdown, 5)
-    outcome = proxy.forwarder.sink.outcomes[0]
+    outcome = proxy.test_sink.outcomes[0]
     assert outcome.error.value == "shutdown" and outcome.truncated
 
 

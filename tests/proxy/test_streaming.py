@@ -155,7 +155,7 @@ async def test_one_outcome_per_request_with_sizes_and_timings(upstreams, make_pr
     stable, _ = upstreams
     stable.on("GET", "/sse", SSEScript([b"data: 1\n\n", b"data: 2\n\n"]))
     proxy = await make_proxy()
-    sink = proxy.forwarder.sink
+    sink = proxy.test_sink
     async with aiohttp.ClientSession() as client:
         async with client.post(f"http://127.0.0.1:{proxy.data_port}/x", data=b"12345") as r:
             await r.read()

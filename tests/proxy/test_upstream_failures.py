@@ -22,7 +22,7 @@ async def test_refused_connection_is_502_naming_the_arm(make_proxy, unused_tcp_p
     assert status == 502
     assert body["error"]["code"] == "upstream_connect" and body["error"]["upstream"] == "canary"
     assert headers["x-canary-version"] == "canary"
-    outcome = proxy.forwarder.sink.outcomes[0]
+    outcome = proxy.test_sink.outcomes[0]
     assert outcome.failed and outcome.error.value == "connect"
 
 
@@ -96,7 +96,7 @@ async def test_upstream_reset_mid_stream_aborts_the_client(make_proxy, upstreams
                 async for chunk in r.content.iter_any():
                     received += chunk
     assert received == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-    outcome = await eventually(lambda: proxy.forwarder.sink.outcomes and proxy.forwarder.sink.outcomes[0])
+    outcome = await eventually(lambda: proxy.test_sink.outcomes and proxy.test_sink.outcomes[0])
     assert outcome.truncated and outcome.failed and outcome.error.value == "reset"
 
 
@@ -108,7 +108,7 @@ async def test_a_stalled_stream_hits_the_idle_timeout_and_aborts_the_client(make
         async with client.get(f"http://127.0.0.1:{proxy.data_port}/sse") as r:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await r.read()
-    outcome = await eventually(lambda: proxy.forwarder.sink.outcomes and proxy.forwarder.sink.outcomes[0])
+    outcome = await eventually(lambda: proxy.test_sink.outcomes and proxy.test_sink.outcomes[0])
     assert outcome.error.value == "idle_timeout" and outcome.truncated
 
 
