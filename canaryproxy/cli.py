@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from canaryproxy import __version__
 from canaryproxy.config import Config, load, parse
+from canaryproxy.core.units import format_duration
 from canaryproxy.errors import CanaryProxyError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -59,6 +60,50 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"stable {config.upstreams.stable}, canary {config.upstreams.canary}, "
         f"weight {config.routing.weight:g}%)"
     )
+    return EXIT_OK
+
+
+def cmd_simulate_upstream(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from canaryproxy.simulator import Behaviour, ModelSimulator, serve
+
+    behaviour = Behaviour().updated({
+        "latency": args.latency, "ttft": args.ttft, "tokens_mean": args.tokens_mean,
+        "error_rate": args.error_rate, "guardrail_rate": args.guardrail_rate,
+        "schema_break_rate": args.schema_break_rate, "truncate_rate": args.truncate_rate,
+        "model": args.model,
+    })
+    uvloop.run(serve(ModelSimulator(behaviour, seed=args.seed), args.host, args.port))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
+    import uvloop
+
+    from canaryproxy.core.units import parse_duration
+    from canaryproxy.demo import run_demo
+
+    try:
+        hold = parse_duration(args.hold)
+    except ValueError as exc:
+        raise ConfigError(f"--hold: {exc}") from None
+    # A live view needs a terminal; redirected output (logs, CI) gets a line per second.
+    plain = args.plain or not sys.stdout.isatty()
+    color = not (args.no_color or plain or os.environ.get("NO_COLOR"))
+    _setup_logging("warning" if plain else "error")  # log lines would tear the live view
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_demo(args.scenario, rate=args.rate, hold=hold, plain=plain, color=color,
+                       keep_running=args.keep_running, stop=stop)
+
+    uvloop.run(main())
     return EXIT_OK
 
 
@@ -147,6 +192,46 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_config)
+
+    from canaryproxy.simulator import Behaviour
+
+    sim_defaults = Behaviour()
+    simulate = commands.add_parser(
+        "simulate-upstream", help="run a simulated OpenAI-compatible model server (for trying canaryproxy)")
+    simulate.add_argument("--port", type=int, required=True)
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--latency", default=format_duration(sim_defaults.latency),
+                          help="mean time to the last token (default %(default)s)")
+    simulate.add_argument("--ttft", default=format_duration(sim_defaults.ttft),
+                          help="mean time to the first token of a stream (default %(default)s)")
+    simulate.add_argument("--tokens-mean", type=float, default=sim_defaults.tokens_mean,
+                          help="mean completion tokens of a text answer (default %(default)g)")
+    for name, what in (("error-rate", "answers that are a 500"),
+                       ("guardrail-rate", "answers cut short by a guardrail (finish_reason content_filter)"),
+                       ("schema-break-rate", "structured outputs that are invalid JSON or miss a required field"),
+                       ("truncate-rate", "connections aborted halfway through the body")):
+        simulate.add_argument(f"--{name}", type=float, default=getattr(sim_defaults, name.replace("-", "_")),
+                              help=f"share of {what} (default %(default)g)")
+    simulate.add_argument("--model", default=sim_defaults.model, help="model name (default %(default)s)")
+    simulate.add_argument("--seed", type=int, help="seed of the random choices, for a repeatable run")
+    simulate.set_defaults(handler=cmd_simulate_upstream)
+
+    from canaryproxy.demo import SCENARIOS
+
+    demo = commands.add_parser(
+        "demo", help="watch a whole rollout on this machine: simulated models, traffic, rollback",
+        description="Starts two simulated model servers (stable and canary), the proxy with a four-stage "
+                    "rollout, rules and the judge, and traffic of a few thousand users, all on 127.0.0.1. "
+                    "Scenarios: " + "; ".join(f"{s.name}: {s.story}" for s in SCENARIOS.values()) + ".")
+    demo.add_argument("--scenario", choices=list(SCENARIOS), default="healthy")
+    demo.add_argument("--rate", type=float, default=200.0, help="requests per second (default %(default)g)")
+    demo.add_argument("--hold", default="10s", help="how long each stage lasts at least (default %(default)s)")
+    demo.add_argument("--no-color", action="store_true", help="no colours in the live view")
+    demo.add_argument("--plain", action="store_true",
+                      help="a line per second instead of the live view (the default when not on a terminal)")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep the proxy and traffic going after the outcome, until Ctrl-C")
+    demo.set_defaults(handler=cmd_demo)
 
     def admin_command(name: str, help_text: str):
         sub = commands.add_parser(name, help=help_text)

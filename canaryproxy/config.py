@@ -11,6 +11,7 @@ Every problem in a file is reported at once, each as `field.path: what is wrong`
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -22,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -32,8 +34,10 @@ from canaryproxy.core.judge import TestConfig as JudgeTestConfig_
 from canaryproxy.core.metrics import METRICS, Unit
 from canaryproxy.core.rules import Comparison, Rule
 from canaryproxy.core.stages import Plan, Stage
+from canaryproxy.core.types import Arm
 from canaryproxy.core.units import parse_duration, parse_size
 from canaryproxy.errors import ConfigError
+from canaryproxy.inspect.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -290,6 +294,64 @@ class StateConfig(_Strict):
     audit_log: Path | None = None  # append-only audit of admin mutations; default: beside path
 
 
+class RouteSchemaConfig(_Strict):
+    path: str = Field(pattern=r"^/")  # path prefix; the longest matching prefix wins
+    schema_file: Path = Field(alias="schema")  # JSON Schema (draft 2020-12), relative to the config file
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GuardrailHeaderConfig(_Strict):
+    header: str = Field(min_length=1)
+    value: str
+    source: str = Field(pattern=r"^[a-z0-9_]+$")
+
+
+class GuardrailStatusConfig(_Strict):
+    status: int = Field(ge=100, le=599)
+    source: str = Field(pattern=r"^[a-z0-9_]+$")
+
+
+class GuardrailTextConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return pattern
+
+
+class GuardrailsConfig(_Strict):
+    headers: tuple[GuardrailHeaderConfig, ...] = ()
+    statuses: tuple[GuardrailStatusConfig, ...] = ()
+    text: tuple[GuardrailTextConfig, ...] = ()
+
+
+class InspectionConfig(_Strict):
+    enabled: bool = True
+    inject_stream_usage: bool = True
+    identity_encoding: bool = True
+    max_schema_bytes: Size = Field(default=256 * 1024, gt=0)
+    max_json_body_bytes: Size = Field(default=8 * 1024**2, gt=0)
+    routes: tuple[RouteSchemaConfig, ...] = ()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
+
+
+class PriceConfig(_Strict):
+    input: float = Field(ge=0)  # USD per million prompt tokens
+    output: float = Field(ge=0)  # USD per million completion tokens
+
+
+class PricingConfig(_Strict):
+    models: dict[str, PriceConfig] = Field(default_factory=dict)
+    versions: dict[Literal["stable", "canary"], PriceConfig] = Field(default_factory=dict)
+
+
 class WindowsConfig(_Strict):
     bucket: Duration = Field(default=1.0, gt=0)
     span: Duration = Field(default=900.0, gt=0)  # raised to the longest rule window if shorter
@@ -309,6 +371,18 @@ class Config(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     state: StateConfig = StateConfig()
     windows: WindowsConfig = WindowsConfig()
+    inspection: InspectionConfig = InspectionConfig()
+    pricing: PricingConfig = PricingConfig()
+
+    _inspection_settings: InspectionSettings | None = PrivateAttr(default=None)
+
+    def inspection_settings(self) -> InspectionSettings | None:
+        """What the inspectors are told (None when inspection is off)."""
+        if not self.inspection.enabled:
+            return None
+        if self._inspection_settings is None:
+            self._inspection_settings = build_inspection_settings(self, Path("."))
+        return self._inspection_settings
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -332,6 +406,35 @@ class Config(_Strict):
                 "(for example token: ${CANARYPROXY_ADMIN_TOKEN})"
             )
         return self
+
+
+def build_inspection_settings(config: Config, base_dir: Path) -> InspectionSettings:
+    """Map the inspection and pricing sections onto the inspectors' settings, reading schema files."""
+    problems: list[str] = []
+    route_schemas: dict[str, Any] = {}
+    for index, route in enumerate(config.inspection.routes):
+        path = route.schema_file if route.schema_file.is_absolute() else base_dir / route.schema_file
+        try:
+            route_schemas[route.path] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"inspection.routes[{index}].schema: cannot read a JSON schema from {path}: {exc}")
+    guardrails = config.inspection.guardrails
+    pricing = config.pricing
+    if problems:
+        raise ConfigError("invalid configuration", problems)
+    return InspectionSettings(
+        inject_stream_usage=config.inspection.inject_stream_usage,
+        max_schema_bytes=config.inspection.max_schema_bytes,
+        max_json_body_bytes=config.inspection.max_json_body_bytes,
+        route_schemas=route_schemas,
+        header_rules=tuple(HeaderRule(h.header, h.value, h.source) for h in guardrails.headers),
+        status_rules={s.status: s.source for s in guardrails.statuses},
+        text_rules=tuple(TextRule(t.name, re.compile(t.pattern)) for t in guardrails.text),
+        prices=PriceTable(
+            models={name: Price(p.input, p.output) for name, p in pricing.models.items()},
+            arms={Arm(arm): Price(p.input, p.output) for arm, p in pricing.versions.items()},
+        ),
+    )
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -377,7 +480,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{location or '(top)'}: {message}"
 
 
-def parse(text: str, environ: Mapping[str, str], source: str = "<config>") -> Config:
+def parse(text: str, environ: Mapping[str, str], source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate config text. Raises ConfigError listing every problem."""
     try:
         raw = yaml.safe_load(text)
@@ -396,6 +499,11 @@ def parse(text: str, environ: Mapping[str, str], source: str = "<config>") -> Co
         config = Config.model_validate(expanded)
     except ValidationError as exc:
         problems += [_describe(e) for e in exc.errors()]
+    if not problems and config.inspection.enabled:
+        try:
+            config._inspection_settings = build_inspection_settings(config, base_dir or Path("."))
+        except ConfigError as exc:
+            problems += exc.problems or [str(exc)]
     if problems:
         raise ConfigError(f"{source}: invalid configuration", problems)
     return config
@@ -410,4 +518,4 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Config:
         raise ConfigError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse(text, environ, str(path))
+    return parse(text, environ, str(path), base_dir=path.parent)

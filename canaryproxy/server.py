@@ -87,6 +87,7 @@ def proxy_settings(config: Config) -> ProxySettings:
         upstream_connections=config.limits.upstream_connections,
         served_by_header=config.routing.served_by_header,
         access_log=config.access_log,
+        identity_encoding=config.inspection.identity_encoding,
     )
 
 
@@ -171,6 +172,7 @@ class CanaryProxy:
             self.router,
             trusted,
             FanOutSink(*sinks),
+            inspection=config.inspection_settings(),
             now=self.clock.monotonic,
         )
         self.admin = AdminAPI(

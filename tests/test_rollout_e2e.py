@@ -110,7 +110,7 @@ async def test_a_canary_that_starts_failing_is_rolled_back_and_alerted(upstreams
     # Stage 2 holds long enough that the canary starts failing while it is there.
     stages = [{"weight": 20, "hold": "300ms"}, {"weight": 50, "hold": "60s"}, {"weight": 100, "hold": "300ms"}]
     proxy = await make_proxy(
-        rollout={**SHORT_PLAN, "stages": stages},
+        rollout={**SHORT_PLAN, "stages": stages, "max_hold": "120s"},
         alerts={"webhooks": [{"url": f"http://127.0.0.1:{webhook.port}/hook", "format": "generic"}]},
     )
     traffic = Traffic(proxy.data_port)

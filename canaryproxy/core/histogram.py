@@ -42,7 +42,8 @@ class HistogramLayout:
     def __post_init__(self) -> None:
         if not 0.0 < self.relative_accuracy < 1.0:
             raise ValueError(
-                f"HistogramLayout.relative_accuracy must be between 0 and 1, got {self.relative_accuracy!r}"
+                "HistogramLayout.relative_accuracy must be between 0 and 1, "
+                f"got {self.relative_accuracy!r}"
             )
         if not (0.0 < self.min_value < self.max_value < math.inf):
             raise ValueError(
@@ -173,7 +174,8 @@ class Histogram:
                 del bins[key]
             else:
                 raise ValueError(
-                    f"cannot remove {count} samples from bin {key}: the target holds only {left + count}"
+                    f"cannot remove {count} samples from bin {key}: "
+                    f"the target holds only {left + count}"
                 )
         target._zero_count -= self._zero_count
         target._count -= self._count

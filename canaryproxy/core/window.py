@@ -18,15 +18,15 @@ Expiry. The ring keeps the buckets within `ring` buckets of the newest bucket re
 `ArmWindow.dropped_late`. A snapshot at time t over a span of n buckets merges the kept buckets
 with `now - n < index <= now`, where now = int(t // bucket_seconds).
 
-Snapshots slide. A fresh merge of 900 one-second buckets costs about 33 ms at 500 requests per
+Snapshots slide. A fresh merge of 900 one-second buckets costs 32 ms or more at 500 requests per
 second (a bucket then holds ~550 distinct bins across its four histograms, and merging is a Python
 loop over them); a controller that snapshots three spans of both arms every tick would block the
 event loop for 200 ms. So each arm keeps a running tally per span it has been asked for (at most
 `MAX_RUNNING_SPANS`, the least recently used dropped): the sum of the closed buckets (low, high]
 of that span's last snapshot. The next snapshot subtracts the buckets that left, adds those that
 entered, and adds the open bucket (`now`) to a copy: about 0.1 ms a tick at 500 requests per
-second. Only the first snapshot of a span on a full ring (or one after time went backwards) pays
-for a fresh merge. A record for a bucket a running tally already holds (a late record), and a slot
+second. Only the first snapshot of a span on a full ring, or one after time jumped (backwards, or
+forward by half the span or more), pays for a fresh merge. A record for a bucket a running tally already holds (a late record), and a slot
 reused under one, are applied to that tally too, so a running tally always equals a fresh merge.
 With one event loop and one monotonic clock, records land at or after the last snapshot's `now`
 and skip the running tallies: recording stays O(1). Counts and histogram bins are integers, so
@@ -79,12 +79,13 @@ class WindowConfig:
     def __post_init__(self) -> None:
         if not (0.0 < self.bucket_seconds < math.inf):
             raise ValueError(
-                f"WindowConfig.bucket_seconds must be a positive number of seconds, got {self.bucket_seconds!r}"
+                "WindowConfig.bucket_seconds must be a positive number of seconds, "
+                f"got {self.bucket_seconds!r}"
             )
         if not (self.bucket_seconds <= self.span_seconds < math.inf):
             raise ValueError(
-                f"WindowConfig.span_seconds must be at least bucket_seconds ({self.bucket_seconds:g}s) "
-                f"and finite, got {self.span_seconds!r}"
+                "WindowConfig.span_seconds must be at least bucket_seconds "
+                f"({self.bucket_seconds:g}s) and finite, got {self.span_seconds!r}"
             )
 
     @property
@@ -276,7 +277,8 @@ def _subtract_counts(target: dict[str, int], source: Mapping[str, int]) -> None:
 
 
 class _RunningTally:
-    """The sum of the buckets with low < index <= high, kept for one span (see "Snapshots slide")."""
+    """The sum of the buckets with low < index <= high, kept for one span (module docstring:
+    "Snapshots slide")."""
 
     __slots__ = ("low", "high", "tally")
 
@@ -350,8 +352,8 @@ class ArmWindow:
         span_buckets = whole_buckets(span, self._bucket_seconds)
         if span_buckets > self._span_buckets:
             raise ValueError(
-                f"snapshot span {span:g}s is longer than the {self.config.span_seconds:g}s the window "
-                "keeps (WindowConfig.span_seconds)"
+                f"snapshot span {span:g}s is longer than the {self.config.span_seconds:g}s "
+                "the window keeps (WindowConfig.span_seconds)"
             )
         return span_buckets
 
@@ -362,7 +364,7 @@ class ArmWindow:
         if old_index <= self._running_high:
             for running in self._running.values():
                 if running.holds(old_index):
-                    pass
+                    running.tally.subtract(bucket)
         bucket.clear()
         self._bucket_indexes[position] = index
 

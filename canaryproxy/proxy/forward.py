@@ -38,6 +38,7 @@ from yarl import URL
 
 from canaryproxy.core.types import Arm, ErrorKind, Outcome, OutcomeSink
 from canaryproxy.proxy.headers import (
+    ACCEPT_ENCODING,
     CONTENT_LENGTH,
     X_REQUEST_ID,
     TrustedProxies,
@@ -69,6 +70,8 @@ class ProxySettings:
     upstream_keepalive: float = 60.0
     served_by_header: str | None = "x-canary-version"
     access_log: bool = True
+    # Ask LLM upstreams for uncompressed responses on inspected paths, so they can be read.
+    identity_encoding: bool = True
 
 
 class _ClientBodyTimeout(Exception):
@@ -286,6 +289,8 @@ class Forwarder:
         if isinstance(body, bytes):
             # aiohttp sets the length of a bytes body itself (it may have been rewritten).
             up_headers.popall(CONTENT_LENGTH, None)
+        if facts is not None and settings.identity_encoding:
+            up_headers[ACCEPT_ENCODING] = "identity"
 
         # 4. Upstream.
         url = URL(self._upstream_base[arm] + request.raw_path, encoded=True)

@@ -36,6 +36,7 @@ HOP_BY_HOP = frozenset(
 HOST = istr("Host")
 CONNECTION = istr("Connection")
 CONTENT_LENGTH = istr("Content-Length")
+ACCEPT_ENCODING = istr("Accept-Encoding")
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")

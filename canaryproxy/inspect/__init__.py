@@ -1,0 +1,127 @@
+"""Inline inspection of LLM responses.
+
+The data plane reads the request body of an LLM call with `read_request` (which may ask the
+upstream for usage), then for the response creates an inspector with `inspector_for` and passes it
+every body chunk (`feed`, which returns the bytes to forward now) and the end (`finish`). The
+inspector fills the request's `Outcome`: tokens, output length, time to first token, finish
+reason, schema validity, guardrail interventions, cost, truncation. It never raises and never
+changes a byte, except that it removes the usage chunk the proxy asked for and the client did not.
+
+    read_request ──► RequestFacts ──► inspector_for ──► StreamInspector (text/event-stream)
+                                                    ├─► BodyInspector   (application/json)
+                                                    └─► PassThrough     (anything else)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from canaryproxy.core.types import Outcome
+from canaryproxy.inspect import anthropic, openai
+from canaryproxy.inspect.body import BodyInspector, BodyReader
+from canaryproxy.inspect.findings import Findings
+from canaryproxy.inspect.generic import PASS_THROUGH, PassThrough
+from canaryproxy.inspect.guardrails import record_response_head
+from canaryproxy.inspect.request import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MESSAGES,
+    RESPONSES,
+    RequestFacts,
+    api_for_path,
+    read_request,
+)
+from canaryproxy.inspect.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
+from canaryproxy.inspect.stream import EventReader, StreamInspector
+
+__all__ = [
+    "HeaderRule",
+    "Inspector",
+    "InspectionSettings",
+    "PassThrough",
+    "Price",
+    "PriceTable",
+    "RequestFacts",
+    "TextRule",
+    "api_for_path",
+    "inspector_for",
+    "read_request",
+]
+
+
+class Inspector(Protocol):
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to forward now: normally `chunk` itself, the same object."""
+        ...
+
+    def finish(self, complete: bool) -> bytes:
+        """End of the body (`complete` False when it ended abnormally); bytes still held back."""
+        ...
+
+
+_STREAM_READERS: dict[str, EventReader] = {
+    CHAT: openai.chat_event,
+    COMPLETIONS: openai.completions_event,
+    RESPONSES: openai.responses_event,
+    MESSAGES: anthropic.messages_event,
+}
+_BODY_READERS: dict[str, BodyReader] = {
+    CHAT: openai.chat_body,
+    COMPLETIONS: openai.completions_body,
+    RESPONSES: openai.responses_body,
+    EMBEDDINGS: openai.embeddings_body,
+    MESSAGES: anthropic.messages_body,
+}
+
+
+def inspector_for(
+    facts: RequestFacts,
+    status: int,
+    content_type: str,
+    response_headers: Mapping[str, str],
+    outcome: Outcome,
+    settings: InspectionSettings,
+    now: Callable[[], float],
+) -> Inspector:
+    """The inspector for one response, chosen by API and content type.
+
+    Records at once what the status and headers say (guardrail rules, the route, the model asked
+    for). `response_headers` must look names up case-insensitively, as aiohttp's headers do.
+    `now()` is monotonic seconds on the clock of `outcome.started`.
+    """
+    outcome.route = facts.api
+    outcome.model = facts.model
+    record_response_head(outcome, status, response_headers, settings)
+    if not facts.api or response_headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
+        return PASS_THROUGH  # not an API we read, or compressed bytes we cannot read without inflating
+    media_type = content_type.partition(";")[0].strip().lower()
+    successful = 200 <= status < 300
+    if media_type == "text/event-stream":
+        outcome.stream = True
+        read_event = _STREAM_READERS.get(facts.api)
+        if not successful or read_event is None:
+            return PASS_THROUGH
+        drop = openai.is_usage_only_chunk if facts.usage_injected and facts.api in (CHAT, COMPLETIONS) else None
+        return StreamInspector(read_event, _findings(facts, settings, outcome, now), facts, settings, drop)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        found = _findings(facts, settings, outcome, None)
+        if not successful:
+            return BodyInspector(openai.error_body, found, facts, settings, record=False)
+        return BodyInspector(
+            _BODY_READERS[facts.api], found, facts, settings, produces_text=facts.api != EMBEDDINGS
+        )
+    return PASS_THROUGH
+
+
+def _findings(
+    facts: RequestFacts, settings: InspectionSettings, outcome: Outcome, now: Callable[[], float] | None
+) -> Findings:
+    return Findings(
+        outcome,
+        now,
+        keep_text=facts.output_schema is not None or facts.json_object or bool(settings.text_rules),
+        keep_tool_arguments=bool(facts.tool_schemas),
+        cap=settings.max_schema_bytes,
+    )

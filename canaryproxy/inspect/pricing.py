@@ -1,0 +1,25 @@
+"""The cost of one request from its token counts and a price table."""
+
+from __future__ import annotations
+
+from canaryproxy.core.types import Arm
+from canaryproxy.inspect.settings import Price, PriceTable
+
+
+def price_for(table: PriceTable, response_model: str | None, request_model: str | None, arm: Arm) -> Price | None:
+    """The exact model the upstream reports, else the model the client asked for, else the arm's price.
+
+    Response models are often dated snapshots ("gpt-4o-2024-08-06") of the name asked for, so both
+    names are tried before falling back to the version's price.
+    """
+    for model in (response_model, request_model):
+        if model is not None and (price := table.models.get(model)) is not None:
+            return price
+    return table.arms.get(arm)
+
+
+def cost_usd(price: Price, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+    return (
+        (prompt_tokens or 0) * price.input_per_million
+        + (completion_tokens or 0) * price.output_per_million
+    ) / 1_000_000

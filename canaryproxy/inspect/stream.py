@@ -1,0 +1,157 @@
+"""The inspector of server-sent event streams (`text/event-stream`).
+
+Every chunk is forwarded as it came, the same object, the moment it arrives, except in one mode:
+when the proxy itself asked the upstream for usage (`RequestFacts.usage_injected`), the final
+usage-only chunk must not reach the client. Then only complete events are forwarded, at once, and
+the bytes of an incomplete trailing event are held until its blank line arrives; the usage event is
+cut out. The other chunks of such a stream carry `"usage":null`, which is left in: it is part of
+the documented chunk schema (clients that ask for usage get it too), and removing it would copy
+every chunk.
+
+A stream that ends without its protocol's proper end (`[DONE]` or a finish reason, a terminal
+responses event, `message_stop`), that reports an error in the stream, or whose body ended
+abnormally is truncated: a failure of the version that served it.
+
+Anything the inspector cannot parse turns it into a pass-through for the rest of the response,
+with `inspect_error` set; bytes are never held or dropped after that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from canaryproxy.inspect.fastpath import DeltaTemplate
+from canaryproxy.inspect.findings import Findings, record_outcome
+from canaryproxy.inspect.request import RequestFacts
+from canaryproxy.inspect.settings import InspectionSettings
+from canaryproxy.inspect.sse import SSEDecoder, SSEEvent
+
+EventReader = Callable[[dict[str, Any], Findings], None]
+
+_DONE = b"[DONE]"
+
+
+class StreamInspector:
+    __slots__ = (
+        "_read_event",
+        "_drop_event",
+        "_found",
+        "_facts",
+        "_settings",
+        "_decoder",
+        "_template",
+        "_passthrough",
+        "_held",
+        "_held_at",
+    )
+
+    def __init__(
+        self,
+        read_event: EventReader,
+        found: Findings,
+        facts: RequestFacts,
+        settings: InspectionSettings,
+        drop_event: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        self._read_event = read_event
+        # Set only when the proxy injected a request for usage: which events to keep from the client.
+        self._drop_event = drop_event
+        self._found = found
+        self._facts = facts
+        self._settings = settings
+        self._decoder = SSEDecoder()
+        self._template: DeltaTemplate | None = None
+        self._passthrough = False
+        self._held = b""  # bytes not yet forwarded (only when dropping events)
+        self._held_at = 0  # stream offset of _held[0]
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._passthrough:
+            return chunk
+        try:
+            drops = self._read(self._decoder.feed(chunk))
+            if self._drop_event is None:
+                return chunk
+            if not drops and not self._held and self._decoder.event_start == self._held_at + len(chunk):
+                self._held_at += len(chunk)
+                return chunk  # whole events, none dropped: the common case in this mode too
+            return self._forward(chunk, drops)
+        except Exception:  # noqa: BLE001 - a response must never break on what we failed to read
+            return self._give_up(chunk)
+
+    def finish(self, complete: bool) -> bytes:
+        rest = b""
+        found = self._found
+        if not self._passthrough:
+            try:
+                drops = self._read(self._decoder.close())
+                if self._drop_event is not None:
+                    rest = self._forward(b"", drops, final=True)
+            except Exception:  # noqa: BLE001
+                rest = self._give_up(b"")
+        if self._passthrough:
+            if not complete:
+                found.outcome.truncated = True
+            return rest
+        truncated = not complete or not found.ended or found.broken
+        if truncated:
+            found.outcome.truncated = True
+        try:
+            record_outcome(found, self._facts, self._settings, checks=not truncated)
+        except Exception:  # noqa: BLE001
+            found.outcome.inspect_error = True
+        return rest
+
+    def _read(self, events: list[SSEEvent]) -> list[tuple[int, int]]:
+        """Read the events; the spans of those to drop."""
+        drops: list[tuple[int, int]] = []
+        found = self._found
+        for _event_type, data, start, end in events:
+            template = self._template
+            if template is not None and template.apply(data, found):
+                continue  # the hot path: an ordinary delta, read without parsing
+            if self._read_fully(data):
+                drops.append((start, end))
+        return drops
+
+    def _read_fully(self, data: bytes) -> bool:
+        """Parse and read one event; whether to drop it."""
+        found = self._found
+        if data == _DONE:
+            found.ended = True
+            return False
+        event = json.loads(data)
+        if not isinstance(event, dict):
+            raise ValueError("an event's data is not a JSON object")
+        found.appends = 0
+        self._read_event(event, found)
+        if found.appends == 1 and found.last_append is not None:
+            # The event did nothing but append one string: later events like it take the fast path.
+            marker, value, sink = found.last_append
+            self._template = DeltaTemplate.learn(data, marker, value, sink) or self._template
+        return self._drop_event is not None and self._drop_event(event)
+
+    def _forward(self, chunk: bytes, drops: list[tuple[int, int]], final: bool = False) -> bytes:
+        """The bytes to send now: whole events only (everything at the end), less the dropped ones."""
+        held_at = self._held_at
+        pending = self._held + chunk if self._held else chunk
+        until = held_at + len(pending) if final else self._decoder.event_start
+        out: list[bytes] = []
+        position = held_at
+        for start, end in drops:
+            out.append(pending[position - held_at : start - held_at])
+            position = end
+        out.append(pending[position - held_at : until - held_at])
+        self._held = pending[until - held_at :]
+        self._held_at = until
+        return b"".join(out)
+
+    def _give_up(self, chunk: bytes) -> bytes:
+        """Stop reading: forward everything held and all that comes, as it comes."""
+        self._passthrough = True
+        self._found.outcome.inspect_error = True
+        rest = self._held + chunk if self._held else chunk
+        self._held = b""
+        return rest

@@ -1,0 +1,122 @@
+"""`canaryproxy demo`: every scenario ends as it should, for the right reason, and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from canaryproxy.config import parse
+from canaryproxy.demo import SCENARIOS, demo_config_yaml, run_demo
+from canaryproxy.errors import ConfigError
+from tests.support import eventually
+
+# Short holds keep the file under a minute; the rate gives the 5% stage its 60 canary requests in
+# about 4 s. Each scenario must end well within DEADLINE.
+RATE, HOLD, DEADLINE = 300.0, 1.5, 40.0
+
+# What must have fired (at least one of) for each regression: the rule or judge test on its metric.
+# A guardrail also cuts structured outputs short, so schema checks may fire beside it.
+EXPECTED = {
+    "healthy": ("promoted", set()),
+    "errors": ("rolled_back", {"errors", "judge:errors"}),
+    "latency": ("rolled_back", {"latency", "judge:latency", "judge:log_latency"}),
+    "tokens": ("rolled_back", {"tokens", "judge:tokens", "judge:output_length", "judge:cost"}),
+    "guardrail": ("rolled_back", {"guardrails", "judge:guardrail"}),
+    "schema": ("rolled_back", {"schema", "judge:schema"}),
+}
+ALSO_ALLOWED = {"guardrail": {"schema", "judge:schema"}}
+
+
+def test_every_scenario_has_an_expectation():
+    assert set(EXPECTED) == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", ["errors", "latency", "tokens", "guardrail", "schema"])
+async def test_a_regression_is_rolled_back_by_the_check_on_its_metric(scenario):
+    out = io.StringIO()
+    result = await asyncio.wait_for(run_demo(scenario, rate=RATE, hold=HOLD, out=out, seed=1), DEADLINE)
+    outcome, expected = EXPECTED[scenario]
+    assert result.outcome == outcome, result.reason
+    assert set(result.fired) & expected, f"{scenario}: {result.fired} fired: {result.reason}"
+    assert set(result.fired) <= expected | ALSO_ALLOWED.get(scenario, set()), result.reason
+    assert result.regression_at is not None and result.decision["before"]["stage"] >= 2
+    assert result.elapsed - result.regression_at < 20
+    text = out.getvalue()
+    assert "ROLLED BACK after" in text and result.reason in text and result.admin_url in text
+
+
+async def test_a_healthy_canary_is_promoted_and_keep_running_goes_on_until_stopped():
+    out, stop = io.StringIO(), asyncio.Event()
+    demo = asyncio.create_task(run_demo("healthy", rate=RATE, hold=HOLD, out=out, keep_running=True,
+                                        stop=stop, seed=1))
+    after = await eventually(lambda: _lines_after(out.getvalue(), "PROMOTED after"), timeout=DEADLINE)
+    await eventually(lambda: len(_lines_after(out.getvalue(), "PROMOTED after")) >= len(after) + 2, timeout=10)
+    stop.set()
+    result = await asyncio.wait_for(demo, 10)
+    assert result.outcome == "promoted" and result.fired == ()
+    assert result.decision["trigger"] == "hold_passed" and result.regression_at is None
+    assert "promoted stage 4/4 weight 100%" in out.getvalue().splitlines()[-1]
+    await _assert_closed(result.admin_url)
+
+
+def _lines_after(text: str, marker: str) -> list[str]:
+    head, found, tail = text.partition(marker)
+    return tail.splitlines()[3:] if found else []  # past the outcome block
+
+
+async def test_the_live_view_redraws_in_place_and_shows_the_outcome():
+    out, stop = io.StringIO(), asyncio.Event()
+    demo = asyncio.create_task(run_demo("errors", rate=RATE, hold=HOLD, out=out, plain=False, color=True,
+                                        stop=stop, seed=2))
+    await eventually(lambda: out.getvalue().count("\x1b[H") >= 3, timeout=10)
+    stop.set()
+    result = await asyncio.wait_for(demo, 10)
+    assert result.outcome == "interrupted"
+    frames = out.getvalue().split("\x1b[H")
+    assert frames[0] == "\x1b[?25l\x1b[2J" and out.getvalue().endswith("\x1b[?25h")
+    last = frames[-1]
+    assert "stages  5% [" in last and "error rate" in last and "ttft p95" in last and "judge:errors" in last
+    assert "\x1b[36mprogressing\x1b[0m" in last and "STOPPED after" in last
+    await _assert_closed(result.admin_url)
+
+
+async def _assert_closed(url: str) -> None:
+    async with aiohttp.ClientSession() as client:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await client.get(url + "admin/status")
+
+
+@pytest.mark.parametrize("rate, hold", [(200.0, 10.0), (50.0, 0.5), (1000.0, 60.0)])
+def test_the_demo_config_is_valid_and_its_windows_fit_the_first_stage(rate, hold):
+    config = parse(demo_config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2", rate, hold), {})
+    rollout = config.rollout
+    assert [s.weight for s in rollout.stages] == [5, 25, 50, 100] and {s.hold for s in rollout.stages} == {hold}
+    first_stage_rate = rate * 0.05
+    for rule in rollout.rules:
+        assert rule.window >= 2 * hold  # at 100%, stable's traffic of the stage before is still there
+        assert rule.window * first_stage_rate >= rule.min_samples  # the 5% stage can pass at all
+
+
+async def test_an_unknown_scenario_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown scenario 'flaky'; choose one of healthy, errors"):
+        await run_demo("flaky")
+
+
+def test_ctrl_c_stops_the_demo_command_cleanly():
+    command = [sys.executable, "-m", "canaryproxy", "demo", "--rate", "50", "--hold", "1s"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            first = process.stdout.readline()  # not a terminal: a plain line per second
+            assert first.startswith("[") and "progressing stage 1/4" in first, first
+            process.send_signal(signal.SIGINT)
+            rest, errors = process.communicate(timeout=20)
+        finally:
+            process.kill()
+    assert process.returncode == 0
+    assert "STOPPED after" in rest and "Traceback" not in errors, errors
