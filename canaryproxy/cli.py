@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 
 from canaryproxy import __version__
 from canaryproxy.config import Config, load, parse
-from canaryproxy.core.units import format_duration
 from canaryproxy.errors import CanaryProxyError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -29,6 +28,8 @@ def _load_config(path: str | None) -> Config:
 
 
 def _setup_logging(level: str) -> None:
+    # The pid, thread and process names on every record cost a system call each; nobody reads them.
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_config)
 
+    from canaryproxy.core.units import format_duration
     from canaryproxy.simulator import Behaviour
 
     sim_defaults = Behaviour()
@@ -220,12 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="watch a whole rollout on this machine: simulated models, traffic, rollback",
-        description="Starts two simulated model servers (stable and canary), the proxy with a four-stage "
+        description="Starts two simulated model servers (stable and canary), the proxy with a three-stage "
                     "rollout, rules and the judge, and traffic of a few thousand users, all on 127.0.0.1. "
                     "Scenarios: " + "; ".join(f"{s.name}: {s.story}" for s in SCENARIOS.values()) + ".")
     demo.add_argument("--scenario", choices=list(SCENARIOS), default="healthy")
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second (default %(default)g)")
-    demo.add_argument("--hold", default="10s", help="how long each stage lasts at least (default %(default)s)")
+    demo.add_argument("--hold", default="15s", help="how long each stage lasts at least (default %(default)s)")
     demo.add_argument("--no-color", action="store_true", help="no colours in the live view")
     demo.add_argument("--plain", action="store_true",
                       help="a line per second instead of the live view (the default when not on a terminal)")

@@ -126,6 +126,9 @@ async def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path):
         stderr = (await process.stderr.read()).decode()
         assert code == 0, stderr
         assert "draining" in stderr
+        # The access log line of the drained stream was flushed before exit, with its request id.
+        access = [line for line in stderr.splitlines() if " GET /sse 200 " in line]
+        assert len(access) == 1 and " req=" in access[0] and " stable " in access[0]
     finally:
         if process.returncode is None:
             process.kill()

@@ -1,0 +1,631 @@
+"""The detection benchmark: how soon a worse canary is rolled back, and how rarely a healthy one is.
+
+    nice -n 19 .venv/bin/python bench/detection.py [--runs 1000] [--scenarios a,b] [--methods judge,thresholds]
+        [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE] [--rate 100] [--weight 5]
+        [--base-error 0.01] [--horizon 1800] [--warmup SECONDS]
+
+Each run is one rollout with no sockets and a manual clock: synthetic outcomes of both versions go
+through the product's own sinks and decision path — `Windows.record(outcome, t)` and
+`Controller.record(outcome)` (which feeds the `Judge`), then every `evaluate_every` seconds
+`Controller.evaluate()`: `RuleEngine.evaluate` + `Judge.verdicts` + `stages.step`, with a
+`ManualClock`, a `MemoryStateStore` and an `Alerter` without webhooks. A run ends at the rollback
+(or another stop of the rollout) or at the horizon.
+
+Traffic. `--rate` requests per second, completing evenly spaced in time, from a population of
+5,000 users with Zipf activity (exponent 1: the busiest user sends 11% of all requests). Each user
+is a sticky key with a random 64-bit hash per run, so the real `Splitter` decides its arm and who
+is on the canary changes from run to run. A user's prompts and answers have their own typical
+length (a lognormal factor per user), so one user's requests are correlated, as in production.
+Per request, on a healthy version:
+* failure (status 500, no usage) with probability `--base-error`;
+* latency lognormal, median 2 s, σ = 0.35 in log space (p95 = 3.56 s);
+* prompt tokens lognormal, median 400, per-user σ 0.5 and per-request σ 0.5; completion tokens
+  lognormal, median 250, per-user σ 0.3 and per-request σ 0.6; output characters 4 per token;
+* a guardrail intervention with probability 0.5%.
+
+Decision methods. `judge`: the judge with its defaults and no operator rules. `thresholds`: no
+judge, and the operator rules of config/example.yaml (`THRESHOLD_RULES`). Both use the same seeds,
+so they see the same users and the same requests until one of them stops.
+
+Detection. For the judge, the moment its evidence crossed 1/α: the verdict's `observed` count of
+canary requests, and the time of that canary request; the rollback follows at the next evaluation.
+For the thresholds, the evaluation at which a rule fired. Canary requests count from the canary's
+first request, warm-up included.
+
+Plans. `fixed` (default): one stage at `--weight`, held past the horizon, so "canary requests to
+detection" is well defined. `staged`: 5% -> 25% -> 50% -> 100%, 10 minutes each (example.yaml);
+the horizon is then the end of the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import random
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any, Callable, Iterable, Sequence
+
+from canaryproxy.alerts import Alerter
+from canaryproxy.clock import ManualClock
+from canaryproxy.controller import Controller
+from canaryproxy.core.judge import Judge, JudgeConfig
+from canaryproxy.core.rules import Comparison, Rule, RuleEngine
+from canaryproxy.core.splitter import Splitter
+from canaryproxy.core.stages import Phase, Plan, Stage
+from canaryproxy.core.types import Arm, Outcome, Status
+from canaryproxy.core.window import WindowConfig, Windows
+from canaryproxy.state import MemoryStateStore
+
+USERS = 5_000
+ZIPF_EXPONENT = 1.0
+EVALUATE_EVERY = 10.0
+WINDOW = WindowConfig(bucket_seconds=1.0, span_seconds=900.0)  # what server.window_config gives
+
+LATENCY_MEDIAN = 2.0
+LATENCY_SIGMA = 0.35
+TAIL_QUANTILE_Z = 1.6448536269514722  # the slowest 5%: z above the 95th percentile
+PROMPT_MEDIAN, PROMPT_USER_SIGMA, PROMPT_SIGMA = 400.0, 0.5, 0.5
+COMPLETION_MEDIAN, COMPLETION_USER_SIGMA, COMPLETION_SIGMA = 250.0, 0.3, 0.6
+CHARS_PER_TOKEN = 4
+GUARDRAIL_RATE = 0.005
+GUARDRAIL = ("moderation",)
+
+# The operator rules of config/example.yaml: what a user without the judge would write.
+THRESHOLD_RULES = (
+    Rule("errors", "error_rate", Comparison.ABOVE, 0.05, window=60.0, for_=300.0),
+    Rule("latency", "latency_p95", Comparison.ABOVE, 10.0, window=60.0, for_=300.0),
+    Rule("tokens", "tokens_per_request", Comparison.ABOVE_STABLE, 1.5, window=300.0, for_=600.0),
+    Rule("guardrails", "guardrail_per_minute", Comparison.ABOVE, 10.0, window=60.0, for_=300.0),
+    Rule("schema", "schema_failure_rate", Comparison.ABOVE, 0.02, window=300.0, for_=300.0),
+)
+STAGED_PLAN = (Stage(5.0, 600.0), Stage(25.0, 600.0), Stage(50.0, 600.0), Stage(100.0, 600.0))
+METHODS = ("judge", "thresholds")
+
+# Standard normal quantiles at 2^16 evenly spaced probabilities: one table lookup per draw instead
+# of a Box-Muller, the largest cost of the simulation otherwise. Tails end at |z| = 4.3.
+_NORMAL_BITS = 16
+_NORMALS = tuple(
+    statistics.NormalDist().inv_cdf((i + 0.5) / 2**_NORMAL_BITS) for i in range(2**_NORMAL_BITS)
+)
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """How one version serves during one second."""
+
+    error_rate: float
+    latency_scale: float = 1.0  # multiplies every latency
+    tail_scale: float = 1.0  # multiplies the slowest 5% once more
+    tokens_scale: float = 1.0  # multiplies prompt and completion tokens
+    guardrail_rate: float = GUARDRAIL_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    rate: float  # requests per second, both versions
+    weight: float  # canary percent (the first stage's in the staged plan)
+    base_error: float
+    horizon: float  # seconds
+    plan: str  # "fixed" or "staged"
+    warmup: float | None  # the judge's warm-up override; None: the judge's default
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A canary against stable: `canary(setup, t, since_increase)` and `stable(setup, t)` give each
+    version's behaviour at second t (since_increase: seconds since the canary weight last rose)."""
+
+    name: str
+    regression: bool  # a worse canary to detect; otherwise a healthy one that must stay
+    description: str
+    canary: Callable[[Setup, float, float], Behaviour]
+    stable: Callable[[Setup, float], Behaviour]
+
+
+def _healthy(setup: Setup, t: float) -> Behaviour:
+    return Behaviour(setup.base_error)
+
+
+def _same_as_stable(setup: Setup, t: float, since_increase: float) -> Behaviour:
+    return Behaviour(setup.base_error)
+
+
+def _steady(**change: float) -> Callable[[Setup, float, float], Behaviour]:
+    """A canary that is worse in the same way from its first request to its last."""
+
+    def canary(setup: Setup, t: float, since_increase: float) -> Behaviour:
+        error_rate = change.get("error_rate", setup.base_error * change.get("error_factor", 1.0))
+        others = {k: v for k, v in change.items() if k not in ("error_rate", "error_factor")}
+        return Behaviour(error_rate, **others)
+
+    return canary
+
+
+BURST_START, BURST_SECONDS, BURST_FACTOR = 120.0, 30.0, 10.0
+
+
+def _burst(setup: Setup, t: float) -> Behaviour:
+    in_burst = BURST_START <= t < BURST_START + BURST_SECONDS
+    return Behaviour(setup.base_error * (BURST_FACTOR if in_burst else 1.0))
+
+
+def _burst_canary(setup: Setup, t: float, since_increase: float) -> Behaviour:
+    return _burst(setup, t)
+
+
+DRIFT = 0.3  # both versions' latency and tokens rise this much over the horizon
+
+
+def _drift(setup: Setup, t: float) -> Behaviour:
+    scale = 1.0 + DRIFT * t / setup.horizon
+    return Behaviour(setup.base_error, latency_scale=scale, tokens_scale=scale)
+
+
+def _drift_canary(setup: Setup, t: float, since_increase: float) -> Behaviour:
+    return _drift(setup, t)
+
+
+COLD_SECONDS, COLD_LATENCY, COLD_ERRORS = 20.0, 3.0, 2.0
+
+
+def _cold_start(setup: Setup, t: float, since_increase: float) -> Behaviour:
+    if since_increase < COLD_SECONDS:
+        return Behaviour(setup.base_error * COLD_ERRORS, latency_scale=COLD_LATENCY)
+    return Behaviour(setup.base_error)
+
+
+def _scenarios() -> dict[str, Scenario]:
+    regressions = [
+        ("errors x1.5", "failures 1.5x stable's", _steady(error_factor=1.5)),
+        ("errors x2", "failures 2x stable's", _steady(error_factor=2.0)),
+        ("errors x3", "failures 3x stable's", _steady(error_factor=3.0)),
+        ("errors x10", "failures 10x stable's", _steady(error_factor=10.0)),
+        ("errors 50%", "half the canary's requests fail", _steady(error_rate=0.5)),
+        ("latency x1.1", "every request 10% slower", _steady(latency_scale=1.1)),
+        ("latency x1.3", "every request 30% slower (p95 +30%)", _steady(latency_scale=1.3)),
+        ("latency tail x2", "the slowest 5% twice as slow, the rest unchanged", _steady(tail_scale=2.0)),
+        ("tokens x1.2", "prompt and completion tokens 1.2x", _steady(tokens_scale=1.2)),
+        ("tokens x1.5", "prompt and completion tokens 1.5x", _steady(tokens_scale=1.5)),
+        ("guardrail x2", "guardrail interventions 2x stable's (1% vs 0.5%)",
+         _steady(guardrail_rate=2 * GUARDRAIL_RATE)),
+    ]
+    healthy = [
+        ("A/A", "the canary is the same version", _same_as_stable, _healthy),
+        ("burst (shared)", f"both versions fail {BURST_FACTOR:g}x as often for {BURST_SECONDS:g} s "
+         f"from t = {BURST_START:g} s", _burst_canary, _burst),
+        ("drift (shared)", f"both versions' latency and tokens rise {DRIFT:.0%} over the horizon",
+         _drift_canary, _drift),
+        ("cold start", f"the canary's first {COLD_SECONDS:g} s after each weight increase: latency "
+         f"x{COLD_LATENCY:g} and failures x{COLD_ERRORS:g}", _cold_start, _healthy),
+    ]
+    scenarios = [Scenario(name, True, text, canary, _healthy) for name, text, canary in regressions]
+    scenarios += [Scenario(name, False, text, canary, stable) for name, text, canary, stable in healthy]
+    return {scenario.name: scenario for scenario in scenarios}
+
+
+SCENARIOS = _scenarios()
+
+
+# --- one run ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    scenario: str
+    method: str
+    run: int
+    phase: str  # the rollout's phase at the end: rolled_back, paused, promoted or progressing
+    sources: tuple[str, ...]  # the verdicts that stopped the rollout
+    detect_requests: int | None  # canary requests served when the evidence crossed (None: never)
+    detect_seconds: float | None
+    stop_seconds: float | None  # when the rollout stopped (the evaluation that acted)
+    canary_requests: int  # served by the canary during the run
+    requests: int
+
+
+class Population:
+    """The users of one run: Zipf activity, a sticky key hash each, their own typical lengths."""
+
+    __slots__ = ("ids", "cumulative", "hashes", "prompt_offsets", "completion_offsets")
+
+    def __init__(self, rng: random.Random, users: int = USERS) -> None:
+        self.ids = range(users)
+        total = 0.0
+        cumulative = []
+        for rank in range(1, users + 1):
+            total += rank ** -ZIPF_EXPONENT
+            cumulative.append(total)
+        self.cumulative = cumulative
+        self.hashes = [rng.getrandbits(64) for _ in self.ids]
+        self.prompt_offsets = [rng.gauss(0.0, PROMPT_USER_SIGMA) for _ in self.ids]
+        self.completion_offsets = [rng.gauss(0.0, COMPLETION_USER_SIGMA) for _ in self.ids]
+
+
+def seed_for(base: int, scenario: str, run: int) -> int:
+    """The seed of one run: the same for every method, so they are compared on the same traffic."""
+    digest = blake2b(f"{base}:{scenario}:{run}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def plan_for(setup: Setup) -> Plan:
+    if setup.plan == "staged":
+        return Plan(STAGED_PLAN, min_requests=100, max_hold=3600.0)
+    # One stage held past the horizon: the weight never changes during a run.
+    hold = setup.horizon + EVALUATE_EVERY
+    return Plan((Stage(setup.weight, hold),), min_requests=100, max_hold=hold)
+
+
+def judge_config(setup: Setup) -> JudgeConfig:
+    if setup.warmup is None:
+        return JudgeConfig()
+    return JudgeConfig(warmup_seconds=setup.warmup)
+
+
+def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed: int) -> RunResult:
+    rng = random.Random(seed_for(base_seed, scenario.name, run))
+    population = Population(rng)
+    clock = ManualClock()
+    start = clock.monotonic()
+    windows = Windows(WINDOW)
+    splitter = Splitter(0.0, rng)
+    controller = Controller(
+        plan_for(setup),
+        RuleEngine(THRESHOLD_RULES if method == "thresholds" else ()),
+        Judge(judge_config(setup)) if method == "judge" else None,
+        windows,
+        MemoryStateStore(),
+        Alerter([]),
+        splitter.set_weight,
+        clock,
+        EVALUATE_EVERY,
+    )
+    controller.boot()  # start: auto, so the canary gets the first stage's weight now
+
+    judge = controller.judge
+    record_window = windows.record
+    canary_times: list[float] = []  # completion time of each canary request, in order
+    requests = 0
+    weight_raised_at = 0.0
+    weight = splitter.weight
+    seconds = 0
+    next_evaluation = EVALUATE_EVERY
+    horizon = int(setup.horizon)
+    while seconds < horizon and controller.state.phase is Phase.PROGRESSING:
+        if splitter.weight > weight:
+            weight_raised_at = float(seconds)
+        weight = splitter.weight
+        stable = scenario.stable(setup, seconds)
+        canary = scenario.canary(setup, seconds, seconds - weight_raised_at)
+        count = math.floor((seconds + 1) * setup.rate) - math.floor(seconds * setup.rate)
+        users = rng.choices(population.ids, cum_weights=population.cumulative, k=count)
+        _serve_second(
+            rng, population, users, start + seconds, weight, splitter.choose, stable, canary,
+            record_window, controller.record, canary_times,
+        )
+        requests += count
+        seconds += 1
+        if seconds >= next_evaluation:
+            clock.advance(start + seconds - clock.monotonic())
+            controller.evaluate()
+            next_evaluation += EVALUATE_EVERY
+            if judge is not None and not controller.rules.rules and _latency_baseline_fixed(judge):
+                # Nothing reads the windows any more: the rules would, the judge never does.
+                record_window = _record_nowhere
+    return _result(scenario, method, run, controller, canary_times, start, seconds, requests)
+
+
+def _latency_baseline_fixed(judge: Judge) -> bool:
+    return judge.summary()["latency_threshold"] is not None
+
+
+def _record_nowhere(outcome: Outcome, t: float) -> None:
+    return None
+
+
+def _serve_second(
+    rng: random.Random,
+    population: Population,
+    users: Sequence[int],
+    second_start: float,
+    weight: float,
+    choose: Callable[[int | None], Arm],
+    stable: Behaviour,
+    canary: Behaviour,
+    record_window: Callable[[Outcome, float], None],
+    record_controller: Callable[[Outcome], None],
+    canary_times: list[float],
+) -> None:
+    """Serve one second of requests: make each outcome and hand it to the product's sinks."""
+    rand = rng.random
+    bits = rng.getrandbits
+    normals = _NORMALS
+    exp = math.exp
+    hashes = population.hashes
+    prompt_offsets = population.prompt_offsets
+    completion_offsets = population.completion_offsets
+    spacing = 1.0 / len(users) if users else 0.0
+    stable_profile, canary_profile = _profile(stable), _profile(canary)
+    for index, user in enumerate(users):
+        t = second_start + (index + 0.5) * spacing
+        key = hashes[user]
+        arm = choose(key)
+        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate = (
+            canary_profile if arm is _CANARY else stable_profile
+        )
+        z = normals[bits(_NORMAL_BITS)]
+        latency = exp(log_latency + LATENCY_SIGMA * z)
+        if z > TAIL_QUANTILE_Z:
+            latency *= tail_scale
+        if rand() < error_rate:
+            outcome = Outcome(arm, t - latency, weight, key, status=500, latency=latency)
+        else:
+            prompt = log_tokens + _LOG_PROMPT + prompt_offsets[user] + PROMPT_SIGMA * normals[bits(_NORMAL_BITS)]
+            completion = round(exp(
+                log_tokens + _LOG_COMPLETION + completion_offsets[user]
+                + COMPLETION_SIGMA * normals[bits(_NORMAL_BITS)]
+            )) or 1
+            outcome = Outcome(
+                arm, t - latency, weight, key, status=200, latency=latency,
+                prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
+                output_chars=CHARS_PER_TOKEN * completion,
+                guardrails=GUARDRAIL if rand() < guardrail_rate else (),
+            )
+        record_window(outcome, t)
+        record_controller(outcome)
+        if arm is _CANARY:
+            canary_times.append(t)
+
+
+_CANARY = Arm.CANARY
+_LOG_PROMPT = math.log(PROMPT_MEDIAN)
+_LOG_COMPLETION = math.log(COMPLETION_MEDIAN)
+
+
+def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float]:
+    return (
+        behaviour.error_rate,
+        math.log(LATENCY_MEDIAN * behaviour.latency_scale),
+        behaviour.tail_scale,
+        math.log(behaviour.tokens_scale),
+        behaviour.guardrail_rate,
+    )
+
+
+def _result(
+    scenario: Scenario, method: str, run: int, controller: Controller, canary_times: list[float],
+    start: float, seconds: int, requests: int,
+) -> RunResult:
+    state = controller.state
+    stopped = state.phase is not Phase.PROGRESSING
+    failing = [v for v in controller.verdicts if v.status is Status.FAIL] if stopped else []
+    detect_requests: int | None = None
+    detect_seconds: float | None = None
+    if failing:
+        judge_counts = [v.details["observed"]["canary"] for v in failing if v.source.startswith("judge:")]
+        if judge_counts:
+            detect_requests = min(judge_counts)
+            detect_seconds = canary_times[detect_requests - 1] - start if detect_requests else 0.0
+        else:  # a rule fires at an evaluation: detection is that evaluation
+            detect_requests = len(canary_times)
+            detect_seconds = float(seconds)
+    return RunResult(
+        scenario=scenario.name,
+        method=method,
+        run=run,
+        phase=state.phase.value,
+        sources=tuple(v.source for v in failing),
+        detect_requests=detect_requests,
+        detect_seconds=detect_seconds,
+        stop_seconds=float(seconds) if stopped else None,
+        canary_requests=len(canary_times),
+        requests=requests,
+    )
+
+
+# --- many runs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    scenario: str
+    method: str
+    run: int
+    setup: Setup
+    base_seed: int
+
+
+def _run_task(task: Task) -> RunResult:
+    return run_once(SCENARIOS[task.scenario], task.method, task.setup, task.run, task.base_seed)
+
+
+def _quiet_worker() -> None:
+    # Alerts and decisions are logged at WARNING/INFO; thousands of rollbacks would flood stderr.
+    logging.getLogger("canaryproxy").setLevel(logging.CRITICAL)
+
+
+def run_all(tasks: Sequence[Task], jobs: int, progress: Callable[[int, int], None]) -> list[RunResult]:
+    results: list[RunResult] = []
+    if jobs <= 1:
+        _quiet_worker()
+        for task in tasks:
+            results.append(_run_task(task))
+            progress(len(results), len(tasks))
+        return results
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet_worker) as pool:
+        for result in pool.imap_unordered(_run_task, tasks, chunksize=4):
+            results.append(result)
+            progress(len(results), len(tasks))
+    return results
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    scenario: str
+    method: str
+    regression: bool
+    runs: int
+    rolled_back: int
+    paused: int
+    requests_median: float | None
+    requests_p90: float | None
+    seconds_median: float | None
+    seconds_p90: float | None
+    stop_seconds_median: float | None
+    sources: dict[str, int]
+
+    @property
+    def rollback_rate(self) -> float:
+        return self.rolled_back / self.runs
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (nearest rank), or None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def summarize(results: Iterable[RunResult]) -> list[Summary]:
+    groups: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for result in results:
+        groups[(result.scenario, result.method)].append(result)
+    summaries = []
+    for name in SCENARIOS:
+        for method in METHODS:
+            group = groups.get((name, method))
+            if not group:
+                continue
+            detected = [r for r in group if r.phase == Phase.ROLLED_BACK.value]
+            requests = [float(r.detect_requests) for r in detected if r.detect_requests is not None]
+            seconds = [r.detect_seconds for r in detected if r.detect_seconds is not None]
+            stops = [r.stop_seconds for r in detected if r.stop_seconds is not None]
+            sources = Counter(source for r in detected for source in r.sources)
+            summaries.append(Summary(
+                scenario=name, method=method, regression=SCENARIOS[name].regression, runs=len(group),
+                rolled_back=len(detected), paused=sum(r.phase == Phase.PAUSED.value for r in group),
+                requests_median=quantile(requests, 0.5), requests_p90=quantile(requests, 0.9),
+                seconds_median=quantile(seconds, 0.5), seconds_p90=quantile(seconds, 0.9),
+                stop_seconds_median=quantile(stops, 0.5), sources=dict(sources.most_common()),
+            ))
+    return summaries
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def table(summaries: Sequence[Summary]) -> str:
+    lines = [
+        "| scenario | method | runs | rolled back | canary requests to detection, median (p90) "
+        "| seconds to detection, median (p90) | fired |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for s in summaries:
+        rate = f"{s.rollback_rate:.1%}" + (f" (+{s.paused} paused)" if s.paused else "")
+        fired = ", ".join(f"{name} {count}" for name, count in list(s.sources.items())[:3])
+        lines.append(
+            f"| {s.scenario} | {s.method} | {s.runs:,} | {rate} | "
+            f"{_number(s.requests_median)} ({_number(s.requests_p90)}) | "
+            f"{_number(s.seconds_median, 1)} ({_number(s.seconds_p90, 1)}) | {fired} |"
+        )
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=1000, help="rollouts per scenario and method")
+    parser.add_argument("--scenarios", default="", help=f"comma-separated, default all: {', '.join(SCENARIOS)}")
+    parser.add_argument("--methods", default=",".join(METHODS), help="judge, thresholds or both")
+    parser.add_argument("--plan", choices=("fixed", "staged"), default="fixed")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--seed", type=int, default=1, help="base seed; runs are reproducible")
+    parser.add_argument("--json", help="write every run's result and the summary here")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests per second, both versions")
+    parser.add_argument("--weight", type=float, default=5.0, help="canary percent (fixed plan)")
+    parser.add_argument("--base-error", type=float, default=0.01, help="stable's failure rate")
+    parser.add_argument("--horizon", type=float, default=1800.0, help="seconds (fixed plan)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="the judge's warm-up in seconds (default: the judge's own default)")
+    args = parser.parse_args(argv)
+    problems = []
+    names = [name.strip() for name in args.scenarios.split(",") if name.strip()] or list(SCENARIOS)
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        problems.append(f"--scenarios: unknown {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}")
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if not methods or set(methods) - set(METHODS):
+        problems.append(f"--methods: expected judge and/or thresholds, got {args.methods!r}")
+    if args.runs < 1 or args.jobs < 1:
+        problems.append("--runs and --jobs must be at least 1")
+    if not 0 < args.weight < 100:
+        problems.append(f"--weight must be between 0 and 100 percent, got {args.weight}")
+    if not 0 <= args.base_error < 1:
+        problems.append(f"--base-error must be a rate in [0, 1), got {args.base_error}")
+    if args.rate <= 0 or args.horizon < EVALUATE_EVERY:
+        problems.append(f"--rate must be positive and --horizon at least {EVALUATE_EVERY:g} s")
+    if problems:
+        parser.error("; ".join(problems))
+    args.scenario_names = names
+    args.method_names = methods
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    horizon = sum(stage.hold for stage in STAGED_PLAN) if args.plan == "staged" else args.horizon
+    setup = Setup(rate=args.rate, weight=args.weight, base_error=args.base_error, horizon=horizon,
+                  plan=args.plan, warmup=args.warmup)
+    tasks = [
+        Task(name, method, run, setup, args.seed)
+        for name in args.scenario_names
+        for method in args.method_names
+        for run in range(args.runs)
+    ]
+    began = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            print(f"\r{done:,}/{total:,} runs, {time.monotonic() - began:,.0f} s", end="", file=sys.stderr)
+
+    results = run_all(tasks, args.jobs, progress)
+    elapsed = time.monotonic() - began
+    print(file=sys.stderr)
+    summaries = summarize(results)
+    print(table(summaries))
+    print(f"\n{len(results):,} rollouts in {elapsed:,.0f} s with {args.jobs} jobs; "
+          f"{args.plan} plan, {setup.rate:g} requests/s, weight {setup.weight:g}%, "
+          f"base error {setup.base_error:g}, horizon {setup.horizon:g} s, seed {args.seed}")
+    if args.json:
+        document = {
+            "setup": dataclasses.asdict(setup),
+            "seed": args.seed,
+            "elapsed_seconds": elapsed,
+            "summaries": [dataclasses.asdict(s) for s in summaries],
+            "runs": [dataclasses.asdict(r) for r in results],
+        }
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(document, out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
