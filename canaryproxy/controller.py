@@ -217,7 +217,7 @@ class Controller:
         source = WindowSource(self.windows)
         if self._latency_baseline_needed:
             self._fix_latency_baseline(source, t)
-        verdicts = self.rules.evaluate(source, t)
+        verdicts = self.rules.evaluate(source, t, stable_in_service=self.state.weight < 100)
         if self.judge is not None:
             verdicts += self.judge.verdicts()
         no_worse = bool(self.plan.early_promotion and self.judge is not None

@@ -70,12 +70,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 ROLLOUT_YAML = string.Template("""\
 rollout:
   start: auto
-  # The canary's share of the traffic, and how long each stage lasts at least.
+  # The canary's share of the traffic, and how long each stage lasts at least. After the last
+  # stage the canary is promoted to 100%: a stage at 100% would leave the rules that compare
+  # with stable nothing to compare with.
   stages:
     - {weight: 5, hold: $hold}
     - {weight: 25, hold: $hold}
     - {weight: 50, hold: $hold}
-    - {weight: 100, hold: $hold}
   # Canary requests a stage must see before it may advance.
   min_requests: $min_requests
   # A stage still without enough data after this long pauses the rollout.
@@ -123,7 +124,7 @@ rollout:
 """)
 
 FIRST_STAGE_WEIGHT = 5.0
-STRUCTURED_SHARE = 0.3  # share of demo requests asking for a json_schema answer
+STRUCTURED_SHARE = 0.4  # share of demo requests asking for a json_schema answer
 STREAMING_SHARE = 0.5
 USERS = 3000
 
@@ -133,15 +134,14 @@ def rollout_yaml(rate: float, hold: float) -> str:
 
     A stage advances only when every rule passes, and a rule says nothing until its window holds
     `min_samples` canary samples, so the window must hold enough of the first stage's canary
-    traffic (5% of the rate): 1.5x the time it takes to collect them, and at least two holds so
-    that at 100% the window still has stable's traffic to compare with. 60 requests keep the
-    errors rule quiet on a healthy 1% canary (3 failures in 60 would already be 5%); schema
-    failures have no such base rate, so 20 structured outputs are enough.
+    traffic (5% of the rate): 1.5x the time it takes to collect them, and at least a hold. 60
+    requests keep the errors rule quiet on a healthy 1% canary (3 failures in 60 would already
+    be 5%); schema failures have no such base rate, so 20 structured outputs are enough.
     """
     min_samples, schema_min_samples = 60, 20
     first_stage_rate = rate * FIRST_STAGE_WEIGHT / 100
     collect = max(min_samples / first_stage_rate, schema_min_samples / (first_stage_rate * STRUCTURED_SHARE))
-    window = max(2 * hold, 1.5 * collect)
+    window = max(hold, 1.5 * collect)
     evaluate_every = min(1.0, max(0.1, hold / 5))
     return ROLLOUT_YAML.substitute(
         hold=format_duration(hold),
@@ -203,23 +203,21 @@ ANSWER_SCHEMA = {
 
 
 def _request_bodies() -> list[tuple[float, bytes]]:
-    """Every kind of request the users send, encoded once, with its share of the traffic."""
+    """Every kind of request the users send, encoded once, with its share of the traffic: each
+    prompt, answered whole or streamed (with or without the usage chunk), as text or as JSON."""
+    deliveries = (({}, 1 - STREAMING_SHARE),
+                  ({"stream": True}, STREAMING_SHARE / 2),
+                  ({"stream": True, "stream_options": {"include_usage": True}}, STREAMING_SHARE / 2))
+    structured = {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}}
+    formats = (({}, 1 - STRUCTURED_SHARE), (structured, STRUCTURED_SHARE))
     bodies = []
     for prompt in _PROMPTS:
-        for stream, stream_share in ((False, 1 - STREAMING_SHARE), (True, STREAMING_SHARE / 2),
-                                     ("usage", STREAMING_SHARE / 2)):
-            for structured, structured_share in ((False, 1 - STRUCTURED_SHARE), (True, STRUCTURED_SHARE)):
-                body: dict[str, Any] = {"model": "demo-model",
-                                        "messages": [{"role": "user", "content": prompt}]}
-                if stream:
-                    body["stream"] = True
-                if stream == "usage":
-                    body["stream_options"] = {"include_usage": True}
-                if structured:
-                    body["response_format"] = {"type": "json_schema", "json_schema": {
-                        "name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
-                share = stream_share * structured_share / len(_PROMPTS)
-                bodies.append((share, json.dumps(body).encode()))
+        for delivery, delivery_share in deliveries:
+            for output, output_share in formats:
+                body = {"model": "demo-model", "messages": [{"role": "user", "content": prompt}],
+                        **delivery, **output}
+                bodies.append((delivery_share * output_share / len(_PROMPTS), json.dumps(body).encode()))
     return bodies
 
 
@@ -233,10 +231,9 @@ class Traffic:
     MAX_IN_FLIGHT = 2000
     TICK = 0.01
 
-    def __init__(self, url: str, rate: float, users: int = USERS, seed: int | None = None) -> None:
+    def __init__(self, url: str, rate: float, seed: int | None = None) -> None:
         self.url = url + "/v1/chat/completions"
         self.rate = rate
-        self.users = users
         self._rng = random.Random(seed)
         shares, self._bodies = zip(*_request_bodies())
         self._cumulative = list(itertools.accumulate(shares))
@@ -281,7 +278,7 @@ class Traffic:
         assert self._session is not None
         rng = self._rng
         body = rng.choices(self._bodies, cum_weights=self._cumulative)[0]
-        headers = {"x-user-id": f"user-{rng.randrange(self.users)}", "Content-Type": "application/json"}
+        headers = {"x-user-id": f"user-{rng.randrange(USERS)}", "Content-Type": "application/json"}
         self.sent += 1
         try:
             async with self._session.post(self.url, data=body, headers=headers) as response:
@@ -320,7 +317,7 @@ async def run_demo(
     scenario: str = "healthy",
     *,
     rate: float = 200.0,
-    hold: float = 10.0,
+    hold: float = 15.0,
     out: TextIO = sys.stdout,
     plain: bool = True,
     color: bool = False,
@@ -356,7 +353,7 @@ async def run_demo(
         proxy = CanaryProxy(config)
         await proxy.start()
         traffic = Traffic(f"http://127.0.0.1:{proxy.data_port}", rate, seed=rng.randrange(2**32))
-        run = DemoRun(SCENARIOS[scenario], proxy, canary, traffic, screen)
+        run = DemoRun(SCENARIOS[scenario], proxy, canary, traffic, screen, keep_running)
         traffic.start()
         result = await run.until_outcome(stop)
         if keep_running and result.outcome != "interrupted":
@@ -376,13 +373,14 @@ class DemoRun:
     """One scenario in progress: watches the rollout, starts the regression, draws the screen."""
 
     def __init__(self, scenario: Scenario, proxy: CanaryProxy, canary: ModelSimulator,
-                 traffic: Traffic, screen: Screen) -> None:
+                 traffic: Traffic, screen: Screen, keep_running: bool) -> None:
         assert proxy.controller is not None  # the demo config always has a rollout
         self.scenario = scenario
         self.controller = proxy.controller
         self.canary = canary
         self.traffic = traffic
         self.screen = screen
+        self.keep_running = keep_running
         self.admin_url = f"http://127.0.0.1:{proxy.admin_port}/"
         self.proxy_url = f"http://127.0.0.1:{proxy.data_port}/"
         self.started = time.monotonic()
@@ -418,15 +416,14 @@ class DemoRun:
 
     def _result(self, outcome: str) -> DemoResult:
         decision = None
-        if outcome != "interrupted":
-            decision = next((d for d in reversed(self.controller.decisions)
-                             if d["kind"] == "transition" and d["after"]["phase"] == outcome), None)
-        return DemoResult(
-            scenario=self.scenario.name, outcome=outcome,
-            reason=decision["summary"] if decision else "stopped before the rollout ended",
-            elapsed=self.elapsed(), regression_at=self.regression_at, decision=decision,
-            admin_url=self.admin_url,
-        )
+        if outcome == "interrupted":
+            reason = "stopped at " + self.controller.status(window=STATUS_WINDOW)["explain"]
+        else:
+            decision = next(d for d in reversed(self.controller.decisions)
+                            if d["kind"] == "transition" and d["after"]["phase"] == outcome)
+            reason = decision["summary"]
+        return DemoResult(scenario=self.scenario.name, outcome=outcome, reason=reason, elapsed=self.elapsed(),
+                          regression_at=self.regression_at, decision=decision, admin_url=self.admin_url)
 
     def frame(self) -> Frame:
         window = min(STATUS_WINDOW, max(1.0, self.elapsed()))  # a rate over seconds that had traffic
@@ -458,12 +455,20 @@ class Frame:
         header = [
             f"canaryproxy demo, scenario {run.scenario.name}: {run.scenario.story}",
             f"elapsed {run.elapsed():.1f}s   {run.traffic.rate:g} req/s to {run.proxy_url}: "
-            f"{run.traffic.sent} sent, {run.traffic.failed} without a complete answer",
+            f"{run.traffic.sent} sent, {run.traffic.failed} without a complete answer"
+            + (f", {run.traffic.skipped} not sent (this machine cannot keep up: try a lower --rate)"
+               if run.traffic.skipped else ""),
             self._regression_line(),
             "",
             "stages  " + "  ".join(self._stage_cells()),
         ]
-        return header + render_status(self.status).split("\n")
+        # Judge tests that pass are counted, not listed: the view must fit a terminal.
+        judged = self.status.get("judge_verdicts") or []
+        unwell = [v for v in judged if v["status"] != "pass"]
+        lines = header + render_status({**self.status, "judge_verdicts": unwell}).split("\n")
+        if judged:
+            lines.append(f"  judge: {len(judged) - len(unwell)} of {len(judged)} tests pass")
+        return lines
 
     def line(self) -> str:
         """One line for logs and CI."""
@@ -505,7 +510,7 @@ class Frame:
                     done = (stage.get("elapsed") or 0) / planned["hold"] if planned["hold"] else 1.0
                 bar = progress_bar(done, 1.0, width=10)
             cells.append(f"{planned['weight']:g}% {bar}")
-        return cells
+        return cells + ["then 100%" + (" [promoted]" if phase == "promoted" else "")]
 
 
 def _ratio(value: float | None) -> str:
@@ -539,7 +544,10 @@ def _setting(name: str, value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def outcome_lines(result: DemoResult) -> list[str]:
+def outcome_lines(run: DemoRun) -> list[str]:
+    """How the rollout ended and why, where to look, and (with --keep-running) what goes on."""
+    result = run.result
+    assert result is not None
     if result.outcome == "promoted":
         head = f"PROMOTED after {result.elapsed:.1f}s: the canary takes all traffic"
     elif result.outcome == "rolled_back":
@@ -551,8 +559,11 @@ def outcome_lines(result: DemoResult) -> list[str]:
     else:
         head = f"STOPPED after {result.elapsed:.1f}s, before the rollout ended"
     url = result.admin_url
-    return [head, f"  why: {result.reason}",
-            f"  admin: {url} (status {url}admin/status, decisions {url}admin/decisions)"]
+    lines = [head, f"  why: {result.reason}",
+             f"  admin: {url} (status {url}admin/status, decisions {url}admin/decisions)"]
+    if run.keep_running and result.outcome != "interrupted":
+        lines.append(f"  still running: traffic through {run.proxy_url} goes on until Ctrl-C")
+    return lines
 
 
 # --- the terminal -----------------------------------------------------------------------------------
@@ -579,14 +590,14 @@ class Screen:
         if self.plain:
             text = frame.line() + "\n"
             if result is not None and not self._outcome_shown:
-                text += "\n".join(outcome_lines(result)) + "\n"
+                text += "\n".join(outcome_lines(frame.run)) + "\n"
                 self._outcome_shown = True
         else:
             width, height = shutil.get_terminal_size((120, 50))
             lines = [line[:width] for line in frame.lines()]
             if result is not None:
                 lines.append("")
-                for line in outcome_lines(result):
+                for line in outcome_lines(frame.run):
                     lines += textwrap.wrap(line, width, subsequent_indent="       ") or [""]
             lines = [self._paint(line) for line in lines[-(height - 1):]]
             # Home, each line cleared to its end, everything below cleared: no flicker, no scrolling.

@@ -53,7 +53,7 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from canaryproxy.core.units import parse_duration
-from canaryproxy.errors import ConfigError
+from canaryproxy.errors import ConfigError, StartupError
 
 # Streams write at most this often; tokens due in between travel together in one write.
 WRITE_INTERVAL = 0.02
@@ -404,10 +404,11 @@ def completion_body(reply: Reply, completion_id: str, model: str, created: int) 
 class StreamEncoder:
     """The SSE events of one streamed answer, built from a per-request prefix and suffix."""
 
-    __slots__ = ("_reply", "_head", "_usage_null", "_include_usage", "_delta_head", "_delta_tail")
+    __slots__ = ("_reply", "_call_id", "_head", "_usage_null", "_include_usage", "_delta_head", "_delta_tail")
 
     def __init__(self, reply: Reply, completion_id: str, model: str, created: int, include_usage: bool) -> None:
         self._reply = reply
+        self._call_id = "call_" + completion_id
         self._include_usage = include_usage
         self._head = (b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,'
                       b'"system_fingerprint":null,"choices":'
@@ -424,11 +425,11 @@ class StreamEncoder:
         return (self._head + b'[{"index":0,"delta":' + delta + b',"logprobs":null,"finish_reason":'
                 + finish + b"}]" + self._usage_null + b"}\n\n")
 
-    def opening(self, completion_id: str) -> bytes:
+    def opening(self) -> bytes:
         """The role chunk (and, for a tool call, the call's id and name)."""
         if self._reply.tool is None:
             return self._chunk(b'{"role":"assistant","content":""}', None)
-        call = {"index": 0, "id": "call_" + completion_id, "type": "function",
+        call = {"index": 0, "id": self._call_id, "type": "function",
                 "function": {"name": self._reply.tool, "arguments": ""}}
         return self._chunk(b'{"role":"assistant","content":null,"tool_calls":[%s]}'
                            % json.dumps(call, separators=(",", ":")).encode(), None)
@@ -507,7 +508,11 @@ class ModelSimulator:
                                      handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(f"the model simulator cannot listen on {host}:{port}: {exc}") from None
         server = site._server  # aiohttp exposes the bound port only through the asyncio server
         assert server is not None and server.sockets
         self.host, self.port = host, server.sockets[0].getsockname()[1]
@@ -553,7 +558,7 @@ class ModelSimulator:
             return web.Response(status=500, body=SERVER_ERROR, content_type="application/json")
         if chat.stream:
             encoder = StreamEncoder(reply, completion_id, behaviour.model, created, chat.include_usage)
-            return await self._stream(request, reply, encoder, completion_id)
+            return await self._stream(request, reply, encoder)
         body = completion_body(reply, completion_id, behaviour.model, created)
         await asyncio.sleep(reply.latency)
         if not reply.truncate:
@@ -564,26 +569,28 @@ class ModelSimulator:
         await response.write(body[: len(body) // 2])
         return _abort(request, response)
 
-    async def _stream(self, request: web.Request, reply: Reply, encoder: StreamEncoder,
-                      completion_id: str) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, reply: Reply, encoder: StreamEncoder) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         started = loop.time()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        await response.write(encoder.opening(completion_id))
         batches = _batches(reply)
         abort_after = len(batches) // 2 if reply.truncate else None
-        for index, (at, pieces) in enumerate(batches):
-            if index == abort_after:
-                return _abort(request, response)
-            delay = started + at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            data = encoder.deltas(pieces) if pieces else b""
-            if index == len(batches) - 1:
-                data += encoder.ending()
-            await response.write(data)
-        await response.write_eof()
+        try:
+            await response.write(encoder.opening())
+            for index, (at, pieces) in enumerate(batches):
+                if index == abort_after:
+                    return _abort(request, response)
+                delay = started + at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                data = encoder.deltas(pieces) if pieces else b""
+                if index == len(batches) - 1:
+                    data += encoder.ending()
+                await response.write(data)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left mid-stream: nothing more to send, and nothing wrong here
         return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from tests.support import eventually
 
 # Short holds keep the file under a minute; the rate gives the 5% stage its 60 canary requests in
 # about 4 s. Each scenario must end well within DEADLINE.
-RATE, HOLD, DEADLINE = 300.0, 1.5, 40.0
+RATE, HOLD, DEADLINE = 300.0, 2.5, 40.0
 
 # What must have fired (at least one of) for each regression: the rule or judge test on its metric.
 # A guardrail also cuts structured outputs short, so schema checks may fire beside it.
@@ -55,19 +56,19 @@ async def test_a_healthy_canary_is_promoted_and_keep_running_goes_on_until_stopp
     out, stop = io.StringIO(), asyncio.Event()
     demo = asyncio.create_task(run_demo("healthy", rate=RATE, hold=HOLD, out=out, keep_running=True,
                                         stop=stop, seed=1))
-    after = await eventually(lambda: _lines_after(out.getvalue(), "PROMOTED after"), timeout=DEADLINE)
-    await eventually(lambda: len(_lines_after(out.getvalue(), "PROMOTED after")) >= len(after) + 2, timeout=10)
+    await eventually(lambda: _status_lines_after_the_outcome(out.getvalue()), timeout=DEADLINE)
     stop.set()
     result = await asyncio.wait_for(demo, 10)
-    assert result.outcome == "promoted" and result.fired == ()
+    assert result.outcome == "promoted" and result.fired == (), result.reason
     assert result.decision["trigger"] == "hold_passed" and result.regression_at is None
-    assert "promoted stage 4/4 weight 100%" in out.getvalue().splitlines()[-1]
+    assert "still running: traffic through http://127.0.0.1:" in out.getvalue()
+    assert "promoted stage 3/3 weight 100%" in out.getvalue().splitlines()[-1]
     await _assert_closed(result.admin_url)
 
 
-def _lines_after(text: str, marker: str) -> list[str]:
-    head, found, tail = text.partition(marker)
-    return tail.splitlines()[3:] if found else []  # past the outcome block
+def _status_lines_after_the_outcome(text: str) -> list[str]:
+    found = re.search(r"^(PROMOTED|ROLLED BACK|PAUSED) after", text, re.MULTILINE)
+    return text[found.start():].splitlines()[4:] if found else []  # past the 4-line outcome block
 
 
 async def test_the_live_view_redraws_in_place_and_shows_the_outcome():
@@ -81,8 +82,11 @@ async def test_the_live_view_redraws_in_place_and_shows_the_outcome():
     frames = out.getvalue().split("\x1b[H")
     assert frames[0] == "\x1b[?25l\x1b[2J" and out.getvalue().endswith("\x1b[?25h")
     last = frames[-1]
-    assert "stages  5% [" in last and "error rate" in last and "ttft p95" in last and "judge:errors" in last
-    assert "\x1b[36mprogressing\x1b[0m" in last and "STOPPED after" in last
+    assert "\x1b[36mprogressing\x1b[0m" in last and "\x1b[1;33mSTOPPED\x1b[0m after" in last
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
+    assert "stages  5% [" in text and "error rate" in text and "ttft p95" in text
+    assert "\n  errors " in text and "judge: 9 of 9 tests pass" in text
+    assert result.reason.startswith("stopped at stage 1 of 3 at 5%") and result.reason in text.replace("\n       ", " ")
     await _assert_closed(result.admin_url)
 
 
@@ -92,15 +96,15 @@ async def _assert_closed(url: str) -> None:
             await client.get(url + "admin/status")
 
 
-@pytest.mark.parametrize("rate, hold", [(200.0, 10.0), (50.0, 0.5), (1000.0, 60.0)])
+@pytest.mark.parametrize("rate, hold", [(200.0, 15.0), (50.0, 0.5), (1000.0, 60.0)])
 def test_the_demo_config_is_valid_and_its_windows_fit_the_first_stage(rate, hold):
     config = parse(demo_config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2", rate, hold), {})
     rollout = config.rollout
-    assert [s.weight for s in rollout.stages] == [5, 25, 50, 100] and {s.hold for s in rollout.stages} == {hold}
+    assert [s.weight for s in rollout.stages] == [5, 25, 50] and {s.hold for s in rollout.stages} == {hold}
     first_stage_rate = rate * 0.05
     for rule in rollout.rules:
-        assert rule.window >= 2 * hold  # at 100%, stable's traffic of the stage before is still there
-        assert rule.window * first_stage_rate >= rule.min_samples  # the 5% stage can pass at all
+        share = 0.4 if rule.metric == "schema_failure_rate" else 1.0  # structured requests only
+        assert rule.window * first_stage_rate * share >= rule.min_samples  # the 5% stage can pass at all
 
 
 async def test_an_unknown_scenario_is_a_config_error():
@@ -113,7 +117,7 @@ def test_ctrl_c_stops_the_demo_command_cleanly():
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             first = process.stdout.readline()  # not a terminal: a plain line per second
-            assert first.startswith("[") and "progressing stage 1/4" in first, first
+            assert first.startswith("[") and "progressing stage 1/3" in first, first
             process.send_signal(signal.SIGINT)
             rest, errors = process.communicate(timeout=20)
         finally:

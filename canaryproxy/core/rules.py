@@ -145,13 +145,24 @@ class RuleEngine:
         """Forget every streak: for a new rollout, whose canary is a different version."""
         self._streak_starts = [None] * len(self._rules)
 
-    def evaluate(self, source: MetricSource, t: float) -> list[Verdict]:
-        """One verdict per rule, in rule order, at monotonic time `t`."""
-        return [self._evaluate(index, rule, source, t) for index, rule in enumerate(self._rules)]
+    def evaluate(self, source: MetricSource, t: float, stable_in_service: bool = True) -> list[Verdict]:
+        """One verdict per rule, in rule order, at monotonic time `t`.
 
-    def _evaluate(self, index: int, rule: Rule, source: MetricSource, t: float) -> Verdict:
+        With `stable_in_service` False (the canary takes all traffic), stable's window holds only
+        stale requests or none: comparisons with stable pass with that reason instead of judging
+        the canary against the past or blocking the last stage for want of a baseline.
+        """
+        return [self._evaluate(index, rule, source, t, stable_in_service)
+                for index, rule in enumerate(self._rules)]
+
+    def _evaluate(self, index: int, rule: Rule, source: MetricSource, t: float,
+                  stable_in_service: bool) -> Verdict:
         canary = source.metric(Arm.CANARY, rule.metric, rule.window, t)
         stable = source.metric(Arm.STABLE, rule.metric, rule.window, t)
+        if rule.comparison.relative and not stable_in_service:
+            self._streak_starts[index] = None
+            reason = f"{rule.metric}: no comparison with stable while the canary takes all traffic"
+            return _verdict(rule, Status.PASS, reason, canary, stable, None, t)
         shortfall = _shortfall(rule, canary, "")
         if shortfall is None and rule.comparison.relative:
             shortfall = _shortfall(rule, stable, " on stable")

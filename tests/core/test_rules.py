@@ -341,3 +341,15 @@ def test_a_comparison_string_becomes_the_enum() -> None:
 def test_rule_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="rule names must be unique; repeated: errors"):
         RuleEngine([errors_rule(), errors_rule()])
+
+
+def test_comparisons_with_stable_pass_while_the_canary_takes_all_traffic():
+    rule = Rule("tokens", "tokens_per_request", Comparison.ABOVE_STABLE, 1.5, window=60.0, for_=0.0)
+    engine = RuleEngine([rule])
+    # Stable has no traffic at 100%: the comparison is off, not inconclusive (which would stall
+    # the last stage) and not against stale stable numbers.
+    source = source_with((900.0, 50), (None, 0), metric="tokens_per_request")
+    [verdict] = engine.evaluate(source, 10.0, stable_in_service=False)
+    assert verdict.status is Status.PASS and "all traffic" in verdict.reason
+    [verdict] = engine.evaluate(source, 20.0)
+    assert verdict.status is Status.INCONCLUSIVE
