@@ -5,25 +5,38 @@ POST with a JSON body and, when `admin.token` is set, `Authorization: Bearer <to
 constant time). Every mutation, accepted or refused, is written to the audit log: who (the
 `actor` the caller names, e.g. the CLI sends $USER), from where, the state before and after, the
 reason, and the outcome. A bad request gets a 4xx with a precise message and changes nothing.
+
+The dashboard (`GET /`) is one static page that reads this API like any other client: it polls
+/admin/status, /admin/decisions and /admin/series, and POSTs the operator's commands with the
+token typed into it. Its Content-Security-Policy allows only its own inline script and style
+(by hash) and requests to this origin, so a reason string that slipped past its escaping still
+could not run or send anything.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 import logging
+import re
 import time
+from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from canaryproxy.clock import Clock
 from canaryproxy.controller import Controller
 from canaryproxy.core.stages import Op
+from canaryproxy.core.types import Arm
 from canaryproxy.core.units import parse_duration
+from canaryproxy.core.window import Windows, whole_buckets
 from canaryproxy.errors import CommandRejected
 
 audit_logger = logging.getLogger("canaryproxy.audit")
@@ -66,9 +79,75 @@ BODIES: dict[str, type[_Body]] = {
 }
 
 
+# What the dashboard charts, per version: GET /admin/series.
+SERIES_METRICS = ("request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request",
+                  "guardrail_rate")
+SERIES_SPAN = 900.0  # the dashboard's 15 minutes, unless the windows keep less
+SERIES_POINTS = 180  # the default step gives at most this many points
+
+
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "admin_error", "code": code}},
                              status=status, headers=headers or None)
+
+
+def _duration_query(request: web.Request, name: str, default: float) -> float:
+    if name not in request.query:
+        return default
+    try:
+        return parse_duration(request.query[name])
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def dashboard_page() -> tuple[bytes, str]:
+    """The dashboard's HTML and the Content-Security-Policy that lets only its own inline script
+    and style run."""
+    page = resources.files("canaryproxy").joinpath("static/dashboard.html").read_text("utf-8")
+    hashes = {tag: [_csp_hash(body) for body in re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)]
+              for tag in ("script", "style")}
+    policy = "; ".join((
+        "default-src 'none'",
+        f"script-src {' '.join(hashes['script'])}",
+        f"style-src {' '.join(hashes['style'])}",
+        "connect-src 'self'",
+        "img-src data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ))
+    return page.encode(), policy
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+def weight_history(decisions: Iterable[Mapping[str, Any]], since: float, now: float,
+                   current: float) -> dict[str, list[float]]:
+    """The canary weight from wall time `since` to `now` as change points of a step function.
+
+    Every decision record says the weight after it (`after`), transitions also the weight before
+    (`before`). The weight at `since` is the one after the last record before it; when the record
+    starts later (it keeps the last `history` records), the one before its first record.
+    """
+    records = [record for record in decisions if record.get("after") is not None]
+    earlier = [record for record in records if record["time"] <= since]
+    within = [record for record in records if since < record["time"] <= now]
+    if earlier:
+        start = earlier[-1]["after"]["weight"]
+    elif within:
+        start = (within[0].get("before") or within[0]["after"])["weight"]
+    else:
+        start = current
+    times, values = [since], [start]
+    for record in within:
+        if record["after"]["weight"] != values[-1]:
+            times.append(record["time"])
+            values.append(record["after"]["weight"])
+    times.append(now)
+    values.append(current)
+    return {"t": times, "value": values}
 
 
 class AuditLog:
@@ -97,22 +176,29 @@ class AdminAPI:
         set_weight: Callable[[float], None],
         token: str | None,
         audit: AuditLog,
+        windows: Windows,
+        clock: Clock,
     ) -> None:
         self.controller = controller
+        self.windows = windows
+        self.clock = clock
         self.registry = registry
         self.is_ready = is_ready
         self.get_weight = get_weight
         self.set_weight = set_weight
         self._token = token.encode() if token else None
         self.audit = audit
+        self._dashboard, self._dashboard_policy = dashboard_page()
 
     def routes(self) -> list[web.RouteDef]:
         routes = [
+            web.get("/", self.dashboard),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
             web.get("/admin/status", self.status),
             web.get("/admin/decisions", self.decisions),
+            web.get("/admin/series", self.series),
             web.get("/admin/openapi.json", self.openapi),
         ]
         for name in BODIES:
@@ -165,6 +251,38 @@ class AdminAPI:
         records = list(self.controller.decisions)[-limit:] if self.controller is not None else []
         return web.json_response({"decisions": records})
 
+    async def series(self, request: web.Request) -> web.Response:
+        """Per-version metrics over the last `span` in `step` points, and the weight over it."""
+        windows, clock = self.windows, self.clock
+        config = windows.config
+        try:
+            span = _duration_query(request, "span", min(SERIES_SPAN, config.span_seconds))
+            default_step = whole_buckets(span / SERIES_POINTS, config.bucket_seconds) * config.bucket_seconds
+            step = _duration_query(request, "step", default_step)
+            mono, wall = clock.monotonic(), clock.wall()
+            series = {arm: windows[arm].series(span, step, mono, SERIES_METRICS) for arm in Arm}
+        except ValueError as exc:
+            return _error(400, "bad_series", str(exc))
+        ends = series[Arm.STABLE].ends
+        document: dict[str, Any] = {
+            "span": len(ends) * series[Arm.STABLE].step,
+            "step": series[Arm.STABLE].step,
+            "t": [round(wall - (mono - end), 3) for end in ends],
+        }
+        for arm, arm_series in series.items():
+            document[arm.value] = {name: list(values) for name, values in arm_series.values.items()}
+        decisions = self.controller.decisions if self.controller is not None else ()
+        document["weight"] = weight_history(decisions, wall - document["span"], wall, self.get_weight())
+        return web.json_response(document)
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._dashboard, content_type="text/html", charset="utf-8", headers={
+            "Content-Security-Policy": self._dashboard_policy,
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        })
+
     async def openapi(self, request: web.Request) -> web.Response:
         from canaryproxy.openapi import spec
 
@@ -214,6 +332,11 @@ class AdminAPI:
         refusal = self._authorized(request)
         if refusal is not None:
             return refusal, ""
+        if request.content_type != "application/json":
+            # A form or text/plain POST is what a hostile web page can send from an operator's
+            # browser without a preflight; JSON cannot be.
+            return _error(415, "unsupported_media_type",
+                          "admin mutations take a JSON body with 'Content-Type: application/json'"), ""
         try:
             raw = await request.read()
             data = json.loads(raw) if raw.strip() else {}

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from canaryproxy import __version__
+from canaryproxy.admin import SERIES_METRICS, SERIES_POINTS
+from canaryproxy.core.metrics import METRICS
+from canaryproxy.core.window import MAX_SERIES_POINTS
 
 _ERROR = {
     "type": "object",
@@ -34,12 +37,52 @@ _STATUS = {
     },
 }
 
+_DURATION = {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+$"}
+
+_POINTS = {"type": "array", "items": {"type": "number", "nullable": True}}
+
+_SERIES = {
+    "type": "object",
+    "required": ["span", "step", "t", "stable", "canary", "weight"],
+    "additionalProperties": False,
+    "properties": {
+        "span": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                 "description": "seconds covered: the number of points times step"},
+        "step": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                 "description": "seconds per point, a whole number of window buckets"},
+        "t": {"type": "array", "items": {"type": "number"}, "maxItems": MAX_SERIES_POINTS,
+              "description": "wall-clock end of each point (Unix seconds), oldest first; only "
+                             "closed buckets count, so the newest point may be shorter than a step"},
+        **{arm: {
+            "type": "object",
+            "required": list(SERIES_METRICS),
+            "additionalProperties": False,
+            "properties": {name: {**_POINTS, "description": f"{METRICS[name].description} "
+                                  f"({METRICS[name].unit.value}); null where the point has no "
+                                  f"{METRICS[name].samples}"}
+                           for name in SERIES_METRICS},
+            "description": f"the {arm} version, one value per point of t",
+        } for arm in ("stable", "canary")},
+        "weight": {
+            "type": "object",
+            "required": ["t", "value"],
+            "additionalProperties": False,
+            "description": "canary weight over the span as a step function: value[i] is in force "
+                           "from t[i] until t[i+1]; the last point is now",
+            "properties": {"t": {"type": "array", "items": {"type": "number"}, "minItems": 2},
+                           "value": {"type": "array", "minItems": 2,
+                                     "items": {"type": "number", "minimum": 0, "maximum": 100}}},
+        },
+    },
+}
+
 _ACTOR = {"actor": {"type": "string", "maxLength": 200, "description": "who asks (the CLI sends $USER)"},
           "reason": {"type": "string", "maxLength": 1000, "description": "recorded in the decision and audit logs"}}
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "malformed request (nothing changed)", 401: "missing bearer token",
+            415: "the body is not declared as application/json (nothing changed)",
             403: "wrong token", 409: "the command does not apply in the current phase"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}}
             for c in codes}
@@ -59,7 +102,7 @@ def _mutation(summary: str, extra: dict[str, Any] | None = None, required: list[
             "responses": {
                 "200": {"description": "done; the new status",
                         "content": {"application/json": {"schema": _STATUS}}},
-                **_error_responses(400, 401, 403, 409),
+                **_error_responses(400, 401, 403, 409, 415),
             },
         }
     }
@@ -73,6 +116,8 @@ def spec() -> dict[str, Any]:
                                 "when admin.token is set; every mutation is audited."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
+            "/": {"get": {"summary": "the dashboard: a page that reads this API", "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"summary": "liveness", "responses": {
                 "200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/readyz": {"get": {"summary": "readiness (fails while draining)", "responses": {
@@ -84,8 +129,7 @@ def spec() -> dict[str, Any]:
                 "summary": "phase, stage, weight, hold left, per-version window summaries, rule states",
                 "parameters": [{"name": "window", "in": "query", "required": False,
                                 "description": "span of the per-version summaries, e.g. 1m, 5m",
-                                "schema": {"type": "string",
-                                           "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+$"}}],
+                                "schema": _DURATION}],
                 "responses": {"200": {"description": "status", "content": {"application/json": {"schema": _STATUS}}},
                               **_error_responses(400)}}},
             "/admin/decisions": {"get": {
@@ -96,6 +140,24 @@ def spec() -> dict[str, Any]:
                     "type": "object", "required": ["decisions"],
                     "properties": {"decisions": {"type": "array", "items": {"type": "object"}}}}}}},
                     **_error_responses(400)}}},
+            "/admin/series": {"get": {
+                "summary": "per-version metrics over the last span, one point per step, and the "
+                           "canary weight over it (what the dashboard charts)",
+                "parameters": [
+                    {"name": "span", "in": "query", "required": False, "schema": _DURATION,
+                     "description": "how far back, e.g. 15m; at most the span the windows keep "
+                                    "(default: 15m, or less if the windows keep less)"},
+                    {"name": "step", "in": "query", "required": False, "schema": _DURATION,
+                     "description": "time per point, a whole number of window buckets; at most "
+                                    f"{MAX_SERIES_POINTS} points (default: the shortest step giving "
+                                    f"at most {SERIES_POINTS})"},
+                ],
+                "responses": {
+                    "200": {"description": "the series",
+                            "content": {"application/json": {"schema": _SERIES}}},
+                    "400": {"description": "span or step malformed, out of range, or too many points",
+                            "content": {"application/json": {"schema": _ERROR}}},
+                }}},
             "/admin/openapi.json": {"get": {"summary": "this document", "responses": {
                 "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/admin/start": _mutation("start a rollout at its first stage"),

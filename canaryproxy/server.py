@@ -177,7 +177,7 @@ class CanaryProxy:
         )
         self.admin = AdminAPI(
             self.controller, self.registry, self.is_ready, lambda: self.weight, self.set_weight,
-            config.admin.token, AuditLog(audit_path(config)),
+            config.admin.token, AuditLog(audit_path(config)), self.windows, self.clock,
         )
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None

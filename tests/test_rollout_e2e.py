@@ -91,9 +91,9 @@ async def admin_get(proxy, path: str) -> dict:
 async def admin_post(proxy, action: str, body=None, token: str | None = None, raw: bytes | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as client:
-        kwargs = {"data": raw} if raw is not None else {"json": body or {}}
-        async with client.post(f"http://127.0.0.1:{proxy.admin_port}/admin/{action}", headers=headers,
-                               **kwargs) as r:
+        kwargs = ({"data": raw, "headers": {**headers, "Content-Type": "application/json"}}
+                  if raw is not None else {"json": body or {}, "headers": headers})
+        async with client.post(f"http://127.0.0.1:{proxy.admin_port}/admin/{action}", **kwargs) as r:
             return r.status, await r.json()
 
 
@@ -187,6 +187,10 @@ async def test_admin_mutations_need_the_token_and_bad_calls_change_nothing(upstr
         assert payload["error"]["message"]
     status, payload = await admin_post(proxy, "pause", {}, token="s3cret")
     assert status == 409 and "idle" in payload["error"]["message"]
+    async with aiohttp.ClientSession() as client:  # a form post, as a hostile page could send
+        async with client.post(f"http://127.0.0.1:{proxy.admin_port}/admin/rollback", data={"reason": "x"},
+                               headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 415
     assert proxy.controller.state == before and proxy.weight == 0
 
     status, payload = await admin_post(proxy, "start", {"actor": "alice", "reason": "v2 release"}, token="s3cret")
@@ -195,9 +199,9 @@ async def test_admin_mutations_need_the_token_and_bad_calls_change_nothing(upstr
     assert status == 200 and payload["phase"] == "paused" and proxy.weight == 7.5
 
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert len(entries) == 10
+    assert len(entries) == 11
     assert [e["status"] for e in entries[:2]] == [401, 403] and not entries[0]["accepted"]
-    start = entries[8]
+    start = entries[9]
     assert start["actor"] == "alice" and start["reason"] == "v2 release" and start["accepted"]
     assert start["before"]["phase"] == "idle" and start["after"]["phase"] == "progressing"
     assert start["remote"] == "127.0.0.1"
