@@ -147,11 +147,16 @@ class Tally:
 
 
 class _Client(asyncio.Protocol):
-    """One closed-loop connection: send a request, read the response, send the next."""
+    """One connection: send a request, read the response, send the next — at once (closed loop,
+    like wrk) or, with `interval`, on a fixed schedule (paced: the latency a request sees when the
+    proxy is not saturated)."""
 
     def __init__(
-        self, requests: list[bytes], offset: int, tally: Tally, deadline: float, lost: asyncio.Future[None]
+        self, requests: list[bytes], offset: int, tally: Tally, deadline: float, lost: asyncio.Future[None],
+        interval: float | None = None,
     ) -> None:
+        self._interval = interval
+        self._next_at = 0.0
         self._requests = requests
         self._index = offset
         self._tally = tally
@@ -164,6 +169,7 @@ class _Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, hence no isinstance check.
         self._transport = transport  # type: ignore[assignment]
+        self._next_at = time.perf_counter()
         self._send()
 
     def _send(self) -> None:
@@ -189,7 +195,11 @@ class _Client(asyncio.Protocol):
             self._tally.errors_status += 1
         reader.next()
         if now < self._deadline:
-            self._send()
+            if self._interval is None:
+                self._send()
+            else:
+                self._next_at = max(self._next_at + self._interval, now)
+                asyncio.get_running_loop().call_later(self._next_at - now, self._send)
         else:
             assert self._transport is not None
             self._transport.close()
@@ -202,20 +212,25 @@ class _Client(asyncio.Protocol):
 
 
 async def _keep_connection_busy(
-    port: int, requests: list[bytes], offset: int, tally: Tally, deadline: float
+    port: int, requests: list[bytes], offset: int, tally: Tally, deadline: float,
+    interval: float | None = None, start_delay: float = 0.0,
 ) -> None:
     """Run one connection until the deadline, reconnecting if the server closes it early."""
     loop = asyncio.get_running_loop()
+    await asyncio.sleep(start_delay)
     while time.perf_counter() < deadline:
         lost: asyncio.Future[None] = loop.create_future()
         await loop.create_connection(
-            functools.partial(_Client, requests, offset, tally, deadline, lost), "127.0.0.1", port
+            functools.partial(_Client, requests, offset, tally, deadline, lost, interval), "127.0.0.1", port
         )
         await lost
 
 
-async def generate_load(port: int, body: bytes, connections: int, duration: float) -> dict[str, float]:
-    """Drive the load and summarise it like chat.lua's done()."""
+async def generate_load(port: int, body: bytes, connections: int, duration: float,
+                        rate: float | None = None) -> dict[str, float]:
+    """Drive the load and summarise it like chat.lua's done(). With `rate` (requests/s over all
+    connections), each connection sends on a fixed schedule, staggered, instead of back to back."""
+    interval = connections / rate if rate else None
     host = f"127.0.0.1:{port}"
     requests = [payloads.chat_request(body, host, user) for user in range(1, payloads.USERS + 1)]
     tally = Tally(latencies=[])
@@ -223,7 +238,8 @@ async def generate_load(port: int, body: bytes, connections: int, duration: floa
     deadline = started + duration
     await asyncio.gather(
         *(
-            _keep_connection_busy(port, requests, i * payloads.USERS // connections, tally, deadline)
+            _keep_connection_busy(port, requests, i * payloads.USERS // connections, tally, deadline,
+                                  interval, (interval or 0.0) * i / connections)
             for i in range(connections)
         )
     )
@@ -251,13 +267,15 @@ def main() -> None:
     parser.add_argument("--body-file", required=True, help="request body to POST to /v1/chat/completions")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="paced: this many requests/s over all connections (default: closed loop)")
     args = parser.parse_args()
     with open(args.body_file, "rb") as file:
         body = file.read()
 
     import uvloop
 
-    summary = uvloop.run(generate_load(args.port, body, args.connections, args.duration))
+    summary = uvloop.run(generate_load(args.port, body, args.connections, args.duration, args.rate))
     print(RESULT_PREFIX + json.dumps(summary), flush=True)
 
 
