@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from canaryproxy.clock import Clock
 from canaryproxy.controller import Controller
+from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Op
 from canaryproxy.core.types import Arm
 from canaryproxy.core.units import parse_duration
@@ -60,13 +61,7 @@ class PromoteBody(_Body):
 class WeightBody(_Body):
     weight: float = Field(ge=0, le=100)
 
-    @field_validator("weight")
-    @classmethod
-    def _one_bucket_resolution(cls, weight: float) -> float:
-        # The splitter has 10,000 buckets: a weight finer than 0.01% cannot be put in force.
-        if abs(weight * 100 - round(weight * 100)) > 1e-9:
-            raise ValueError(f"weight has at most two decimals (0.01% steps), got {weight}")
-        return weight
+    _one_bucket_resolution = field_validator("weight")(check_weight)
 
 
 class RollbackBody(_Body):

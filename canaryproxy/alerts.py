@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import aiohttp
 
+from canaryproxy.aio import cancel_and_wait
 from canaryproxy.core.stages import Alert
 
 log = logging.getLogger("canaryproxy.alerts")
@@ -38,7 +39,7 @@ def alert_document(alert: Alert, context: Mapping[str, Any]) -> dict[str, Any]:
         "kind": alert.kind.value,
         "title": alert.title,
         "message": alert.message,
-        "details": _json_safe(alert.details),
+        "details": json_safe(alert.details),
         **context,
     }
 
@@ -49,7 +50,8 @@ def slack_payload(document: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": f"{icon} *{document['title']}*\n{document['message']}"}
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Plain JSON values only (enums, dataclasses and the like become strings)."""
     return json.loads(json.dumps(value, default=str))
 
 
@@ -75,11 +77,7 @@ class Alerter:
                 await asyncio.wait_for(self._queue.join(), flush_timeout)
             except asyncio.TimeoutError:
                 log.warning("%d alerts not delivered before shutdown", self._queue.qsize())
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         if self._session is not None:
             await self._session.close()

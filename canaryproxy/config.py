@@ -33,6 +33,7 @@ from canaryproxy.core.judge import DEFAULT_TESTS, JudgeConfig
 from canaryproxy.core.judge import TestConfig as JudgeTestConfig_
 from canaryproxy.core.metrics import METRICS, Unit
 from canaryproxy.core.rules import Comparison, Rule
+from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Plan, Stage
 from canaryproxy.core.types import Arm
 from canaryproxy.core.units import parse_duration, parse_size
@@ -119,13 +120,7 @@ class RoutingConfig(_Strict):
     override_header: str | None = None
     served_by_header: str | None = "x-canary-version"
 
-    @field_validator("weight")
-    @classmethod
-    def _one_bucket_resolution(cls, weight: float) -> float:
-        # 10,000 buckets: the finest weight step is 0.01 percent.
-        if abs(weight * 100 - round(weight * 100)) > 1e-9:
-            raise ValueError(f"weight has at most two decimals (0.01% steps), got {weight}")
-        return weight
+    _one_bucket_resolution = field_validator("weight")(check_weight)
 
     @field_validator("sticky")
     @classmethod

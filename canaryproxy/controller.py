@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from canaryproxy.alerts import Alerter
+from canaryproxy.aio import cancel_and_wait
+from canaryproxy.alerts import Alerter, json_safe
 from canaryproxy.clock import Clock
 from canaryproxy.core.judge import Judge
 from canaryproxy.core.metrics import MetricValue
@@ -79,12 +80,8 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
         "status": verdict.status.value,
         "reason": verdict.reason,
         "also_on_stable": verdict.also_on_stable,
-        "details": _json_safe(verdict.details),
+        "details": json_safe(verdict.details),
     }
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def _iso(wall: float) -> str:
@@ -192,13 +189,8 @@ class Controller:
         self._task = asyncio.create_task(self._run(), name="canaryproxy-controller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -30,6 +30,25 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interva
         await asyncio.sleep(interval)
 
 
+async def wait_until_ready(admin_port: int, process: asyncio.subprocess.Process | None = None,
+                           describe: Callable[[], str] = lambda: "", timeout: float = 20.0) -> None:
+    """Poll a proxy's /readyz until it answers 200; fail early if its process exits."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as client:
+        while True:
+            try:
+                async with client.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectorError:
+                pass
+            assert process is None or process.returncode is None, f"proxy exited:\n{describe()}"
+            assert time.monotonic() < deadline, f"proxy did not become ready:\n{describe()}"
+            await asyncio.sleep(0.05)
+
+
 @dataclass
 class Seen:
     method: str

@@ -7,13 +7,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from tests.support import Upstream
+from tests.support import Upstream, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,17 +105,8 @@ async def test_sigterm_drains_in_flight_streams_and_exits_0(tmp_path):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
+        await wait_until_ready(admin_port, process)
         async with aiohttp.ClientSession() as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    async with client.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectorError:
-                    pass
-                assert time.monotonic() < deadline, "proxy did not become ready"
-                await asyncio.sleep(0.05)
             async with client.get(f"http://127.0.0.1:{port}/sse") as r:
                 await r.content.readuntil(b"\n\n")
                 process.send_signal(signal.SIGTERM)

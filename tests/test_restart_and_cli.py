@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import Upstream
+from tests.support import Upstream, wait_until_ready
 from tests.test_cli import free_port
 
 
@@ -37,18 +37,7 @@ class ProxyProcess:
                 sys.executable, "-m", "canaryproxy", "run", "--config", str(self.config),
                 stdout=log, stderr=log, env={**os.environ, "CANARYPROXY_ADMIN_TOKEN": "t0ken"},
             )
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as client:
-            while True:
-                try:
-                    async with client.get(f"http://127.0.0.1:{self.admin_port}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientConnectorError:
-                    pass
-                assert self.process.returncode is None, f"proxy exited:\n{self.log.read_text()}"
-                assert time.monotonic() < deadline, f"proxy did not become ready:\n{self.log.read_text()}"
-                await asyncio.sleep(0.05)
+        await wait_until_ready(self.admin_port, self.process, self.log.read_text)
 
     async def status(self) -> dict:
         async with aiohttp.ClientSession() as client:

@@ -31,6 +31,15 @@ def bucket_of(hash64: int) -> int:
     return hash64 % BUCKETS
 
 
+def check_weight(weight: float) -> float:
+    """A weight the splitter can put in force exactly: 0-100 percent in 0.01 steps (one bucket)."""
+    if not 0.0 <= weight <= 100.0:
+        raise ValueError(f"canary weight must be within 0-100 percent, got {weight}")
+    if abs(weight * _BUCKETS_PER_PERCENT - round(weight * _BUCKETS_PER_PERCENT)) > 1e-9:
+        raise ValueError(f"weight has at most two decimals (0.01% steps), got {weight}")
+    return weight
+
+
 def weight_to_buckets(weight: float) -> int:
     """Canary buckets for a weight in percent. Weights are multiples of 0.01% (one bucket)."""
     if not 0.0 <= weight <= 100.0:

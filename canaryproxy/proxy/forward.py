@@ -188,7 +188,6 @@ class Forwarder:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self._now()
-        settings = self.settings
         headers = request.headers
         request_id = headers.get(X_REQUEST_ID)
         if not _acceptable_request_id(request_id):
@@ -437,10 +436,7 @@ class Forwarder:
                 except asyncio.TimeoutError:
                     outcome.error = ErrorKind.FIRST_BYTE_TIMEOUT if first else ErrorKind.IDLE_TIMEOUT
                     return self._abort_mid_response(request, response, upstream, outcome)
-                except aiohttp.ClientPayloadError:
-                    outcome.error = ErrorKind.RESET
-                    return self._abort_mid_response(request, response, upstream, outcome)
-                except aiohttp.ClientError:
+                except aiohttp.ClientError:  # ClientPayloadError among them: a body cut short
                     outcome.error = ErrorKind.RESET
                     return self._abort_mid_response(request, response, upstream, outcome)
                 if not chunk:
