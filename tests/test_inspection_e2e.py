@@ -178,3 +178,27 @@ async def test_a_truncated_stream_is_a_failure_of_its_version(upstreams, make_pr
     assert outcome.truncated and outcome.failed and outcome.usage_missing
     samples = await scrape(proxy)
     assert value(samples, "canaryproxy_truncated_streams_total", version="stable") == 1
+
+
+async def test_a_stream_broken_by_the_upstream_still_records_what_was_read(upstreams, make_proxy):
+    stable, _ = upstreams
+
+    async def reset_after_two_tokens(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(chunk({"role": "assistant", "content": ""}))
+        await response.write(chunk({"content": "two words"}))
+        request.transport.abort()
+        return response
+
+    stable.on("POST", "/v1/chat/completions", reset_after_two_tokens)
+    proxy = await make_proxy()
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{proxy.data_port}/v1", api_key="sk", max_retries=0)
+    with pytest.raises(openai.APIError):
+        stream = await client.chat.completions.create(model="m-1", messages=[{"role": "user", "content": "x"}],
+                                                      stream=True)
+        [event async for event in stream]
+    await client.close()
+    outcome = (await eventually(lambda: proxy.test_sink.outcomes))[0]
+    assert outcome.truncated and outcome.error.value == "reset"
+    assert outcome.ttft is not None and outcome.output_chars == len("two words")

@@ -7,10 +7,10 @@ ended abnormally is not parsed either; the data plane records why it ended.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from canaryproxy.inspect import jsonbytes
 from canaryproxy.inspect.findings import Findings, record_outcome
 from canaryproxy.inspect.request import RequestFacts
 from canaryproxy.inspect.settings import InspectionSettings
@@ -56,7 +56,7 @@ class BodyInspector:
             return b""
         found = self._found
         try:
-            body = json.loads(b"".join(self._pieces))
+            body = jsonbytes.loads(b"".join(self._pieces))
             if not isinstance(body, dict):
                 raise ValueError("the response body is not a JSON object")
             self._read_body(body, found)

@@ -232,6 +232,8 @@ def record_outcome(
 
 def _check_outputs(found: Findings, facts: RequestFacts, max_bytes: int) -> tuple[bool | None, bool]:
     """(schema_ok, schema_skipped): None when nothing was checked."""
+    if facts.output_schema is None and not facts.json_object and not found.tool_calls:
+        return None, False  # nothing asked for JSON: most responses
     results: list[bool] = []
     skipped = False
 

@@ -61,11 +61,15 @@ def _read_message(message: dict[str, Any], index: Any, found: Findings) -> None:
     content = message.get("content")
     if isinstance(content, str):
         found.add_text(index, content, CONTENT)
-    found.refusal(message.get("refusal"))
-    for position, call in enumerate(_dicts(message.get("tool_calls"))):
-        function = call.get("function")
-        if isinstance(function, dict):
-            _read_function(function, (index, call.get("index", position)), found)
+    refusal = message.get("refusal")
+    if refusal is not None:  # null in every chunk of a stream: spare the call
+        found.refusal(refusal)
+    tool_calls = message.get("tool_calls")
+    if tool_calls:
+        for position, call in enumerate(_dicts(tool_calls)):
+            function = call.get("function")
+            if isinstance(function, dict):
+                _read_function(function, (index, call.get("index", position)), found)
     function_call = message.get("function_call")  # the legacy single function call
     if isinstance(function_call, dict):
         _read_function(function_call, (index, "function_call"), found)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from canaryproxy.inspect import jsonbytes
 from canaryproxy.inspect.settings import InspectionSettings
 
 CHAT = "chat.completions"
@@ -68,7 +69,7 @@ def read_request(path: str, body: bytes, settings: InspectionSettings) -> tuple[
     if not facts.api:
         return body, facts
     try:
-        request = json.loads(body)
+        request = jsonbytes.loads(body)
     except (ValueError, RecursionError):
         return body, facts
     if not isinstance(request, dict):

@@ -84,6 +84,20 @@ class SSEDecoder:
         self._tail_at = offset + position
         return events
 
+    @property
+    def at_event_boundary(self) -> bool:
+        """Every byte fed so far belongs to a finished event: the next byte starts a new one."""
+        return self._idle and self.event_start == self._tail_at
+
+    def skip(self, size: int) -> None:
+        """Account for `size` bytes of whole events that the caller read itself, at a boundary."""
+        if not self.at_event_boundary:
+            raise ValueError(
+                f"cannot skip {size} bytes at stream offset {self._tail_at + len(self._tail)}: the "
+                f"event that started at {self.event_start} is not finished"
+            )
+        self.event_start = self._tail_at = self._tail_at + size
+
     def _whole_event(self, chunk: bytes, event_type: bytes, data_at: int) -> SSEEvent:
         start = self.event_start
         self.event_start = self._tail_at = end = self._tail_at + len(chunk)

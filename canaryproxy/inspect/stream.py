@@ -14,15 +14,27 @@ abnormally is truncated: a failure of the version that served it.
 
 Anything the inspector cannot parse turns it into a pass-through for the rest of the response,
 with `inspect_error` set; bytes are never held or dropped after that.
+
+Cost: `feed` runs for every chunk of every stream, so the common chunks take short cuts that read
+exactly what the full path would. Between chunks the inspector knows whether the stream stands at
+an event boundary; there a chunk that is one delta event of the learned shape is checked inline
+(`DeltaTemplate.quick`, no call), `data: [DONE]` is recognised by comparison, and whole delta
+events of other shapes are read on the wire (`DeltaTemplate.read_events`). Only what is left goes
+through the SSE decoder and, when the template does not fit, `json` and the protocol reader. The
+full path runs in `feed` too, never later, so the time to first token is taken when its chunk
+arrives and nothing is buffered beyond the held-back event of the usage-removal mode. (Keeping the
+chunks to read them in bulk at the end does not pay: every scan of the whole buffer, by `re`,
+`bytes.split` or `count`, costs more than these checks, which compare the learned bytes with
+memcmp and scan only the few bytes of the string.)
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
-from canaryproxy.inspect.fastpath import DeltaTemplate
+from canaryproxy.inspect import jsonbytes
+from canaryproxy.inspect.fastpath import BODY_END, DeltaTemplate, Quick
 from canaryproxy.inspect.findings import Findings, record_outcome
 from canaryproxy.inspect.request import RequestFacts
 from canaryproxy.inspect.settings import InspectionSettings
@@ -31,6 +43,8 @@ from canaryproxy.inspect.sse import SSEDecoder, SSEEvent
 EventReader = Callable[[dict[str, Any], Findings], None]
 
 _DONE = b"[DONE]"
+_DONE_EVENT = b"data: [DONE]\n\n"
+_find_body_end = BODY_END.search  # bound once: the hot path looks it up per chunk
 
 
 class StreamInspector:
@@ -42,6 +56,8 @@ class StreamInspector:
         "_settings",
         "_decoder",
         "_template",
+        "_at_boundary",
+        "_quick",
         "_passthrough",
         "_held",
         "_held_at",
@@ -63,21 +79,35 @@ class StreamInspector:
         self._settings = settings
         self._decoder = SSEDecoder()
         self._template: DeltaTemplate | None = None
+        self._at_boundary = True  # every byte fed so far belongs to a finished event
+        self._quick: Quick | None = None  # the template's quick form, while at a boundary
         self._passthrough = False
+        # Stream offsets (the decoder's, `_held_at`) count only the chunks that reach the decoder:
+        # a chunk read whole by a short cut is forwarded whole and holds no part of an event, so
+        # leaving it out shifts every offset alike and costs the hot path nothing.
         self._held = b""  # bytes not yet forwarded (only when dropping events)
         self._held_at = 0  # stream offset of _held[0]
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._passthrough:
-            return chunk
         try:
-            drops = self._read(self._decoder.feed(chunk))
-            if self._drop_event is None:
+            quick = self._quick
+            if quick is not None:
+                head, tail, body_start, tail_size = quick
+                if not chunk.startswith(head):
+                    return self._feed_events(chunk, None)  # no delta of the learned shape at its start
+                body_end = len(chunk) - tail_size
+                if (
+                    body_start <= body_end
+                    and chunk.endswith(tail)
+                    and _find_body_end(chunk, body_start, body_end) is None
+                    and chunk.isascii()
+                ):
+                    # The hot path: one delta event of the learned shape, its string plain ASCII.
+                    self._found.output_chars += body_end - body_start
+                    return chunk
+            if self._passthrough:
                 return chunk
-            if not drops and not self._held and self._decoder.event_start == self._held_at + len(chunk):
-                self._held_at += len(chunk)
-                return chunk  # whole events, none dropped: the common case in this mode too
-            return self._forward(chunk, drops)
+            return self._feed_events(chunk, self._template)
         except Exception:  # noqa: BLE001 - a response must never break on what we failed to read
             return self._give_up(chunk)
 
@@ -104,25 +134,52 @@ class StreamInspector:
             found.outcome.inspect_error = True
         return rest
 
+    def _feed_events(self, chunk: bytes, template: DeltaTemplate | None) -> bytes:
+        """`feed` past the quick check: the short cuts at a boundary (reading `template` on the
+        wire, unless None), then the decoder for what they leave."""
+        read = 0
+        if self._at_boundary:
+            if chunk == _DONE_EVENT:  # one event, "[DONE]": the decoder would say just that
+                self._found.ended = True
+                return chunk
+            if template is not None:
+                read = template.read_events(chunk, self._found)
+                if read == len(chunk):
+                    return chunk  # whole delta events: nothing to hold or drop
+        decoder = self._decoder
+        if read:
+            decoder.skip(read)  # `_forward` cuts this chunk, from `_held_at`, at the decoder's offsets
+        events = decoder.feed(chunk[read:] if read else chunk)
+        drops = self._read(events)
+        self._at_boundary = at_boundary = decoder.at_event_boundary
+        learned = self._template
+        self._quick = learned.quick if at_boundary and learned is not None else None
+        if self._drop_event is None:
+            return chunk
+        if not drops and not self._held and decoder.event_start == self._held_at + len(chunk):
+            self._held_at += len(chunk)
+            return chunk  # whole events, none dropped: the common case in this mode too
+        return self._forward(chunk, drops)
+
     def _read(self, events: list[SSEEvent]) -> list[tuple[int, int]]:
         """Read the events; the spans of those to drop."""
         drops: list[tuple[int, int]] = []
         found = self._found
-        for _event_type, data, start, end in events:
+        for event_type, data, start, end in events:
             template = self._template
             if template is not None and template.apply(data, found):
-                continue  # the hot path: an ordinary delta, read without parsing
-            if self._read_fully(data):
+                continue  # a delta event, read without parsing
+            if self._read_fully(event_type, data):
                 drops.append((start, end))
         return drops
 
-    def _read_fully(self, data: bytes) -> bool:
+    def _read_fully(self, event_type: bytes, data: bytes) -> bool:
         """Parse and read one event; whether to drop it."""
         found = self._found
         if data == _DONE:
             found.ended = True
             return False
-        event = json.loads(data)
+        event = jsonbytes.loads(data)
         if not isinstance(event, dict):
             raise ValueError("an event's data is not a JSON object")
         found.appends = 0
@@ -130,7 +187,7 @@ class StreamInspector:
         if found.appends == 1 and found.last_append is not None:
             # The event did nothing but append one string: later events like it take the fast path.
             marker, value, sink = found.last_append
-            self._template = DeltaTemplate.learn(data, marker, value, sink) or self._template
+            self._template = DeltaTemplate.learn(data, marker, value, sink, event_type) or self._template
         return self._drop_event is not None and self._drop_event(event)
 
     def _forward(self, chunk: bytes, drops: list[tuple[int, int]], final: bool = False) -> bytes:
@@ -151,6 +208,7 @@ class StreamInspector:
     def _give_up(self, chunk: bytes) -> bytes:
         """Stop reading: forward everything held and all that comes, as it comes."""
         self._passthrough = True
+        self._quick = None
         self._found.outcome.inspect_error = True
         rest = self._held + chunk if self._held else chunk
         self._held = b""

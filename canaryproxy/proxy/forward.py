@@ -435,10 +435,10 @@ class Forwarder:
                     chunk = await content.readany()
                 except asyncio.TimeoutError:
                     outcome.error = ErrorKind.FIRST_BYTE_TIMEOUT if first else ErrorKind.IDLE_TIMEOUT
-                    return self._abort_mid_response(request, response, upstream, outcome)
+                    return self._abort_mid_response(request, response, upstream, outcome, inspector)
                 except aiohttp.ClientError:  # ClientPayloadError among them: a body cut short
                     outcome.error = ErrorKind.RESET
-                    return self._abort_mid_response(request, response, upstream, outcome)
+                    return self._abort_mid_response(request, response, upstream, outcome, inspector)
                 if not chunk:
                     break
                 if first:
@@ -508,9 +508,16 @@ class Forwarder:
         response: web.StreamResponse,
         upstream: aiohttp.ClientResponse,
         outcome: Outcome,
+        inspector: Any,
     ) -> web.StreamResponse:
         """The upstream failed after the response started: abort the client connection so the
         client sees an error, never a clean-looking end of a truncated stream."""
+        if inspector is not None:
+            try:
+                inspector.finish(False)  # what was read so far still counts; held bytes are dropped
+            except Exception:
+                log.exception("inspector failed at the end of a broken response")
+                outcome.inspect_error = True
         outcome.truncated = True
         upstream.close()
         log.warning(

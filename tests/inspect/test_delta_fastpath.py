@@ -120,6 +120,61 @@ def test_fast_path_declines_anything_else(event: bytes) -> None:
     assert found.output_chars == 0
 
 
+def on_wire(data: bytes, event_type: bytes = b"") -> bytes:
+    return (b"event: " + event_type + b"\n" if event_type else b"") + b"data: " + data + b"\n\n"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
+@settings(max_examples=100, deadline=None)
+@given(text=TEXTS, ensure_ascii=st.booleans(), keep=st.booleans(), number=st.integers(0, 10**6),
+       event_type=st.sampled_from([b"", b"delta"]))
+def test_wire_form_reads_what_json_loads_reads(shape: Shape, text: str, ensure_ascii: bool, keep: bool,
+                                               number: int, event_type: bytes) -> None:
+    sink = TextSink(1 << 20) if keep else None
+    template = DeltaTemplate.learn(shape.build(b'"Hello"', 1), shape.marker, "Hello", sink, event_type)
+    assert template is not None
+    event = shape.build(literal(text, ensure_ascii), number)
+    chunk = on_wire(event, event_type) + on_wire(shape.build(literal(text, ensure_ascii), number + 1), event_type)
+    found = findings()
+    assert template.read_events(chunk, found) == len(chunk)  # two whole events
+    expected = shape.value(json.loads(event))
+    assert found.output_chars == 2 * len(expected)
+    if sink is not None:
+        assert sink.text() == 2 * expected
+
+
+DECLINED_EVENTS = [
+    _chat(b'"x"', 0).replace(b'"finish_reason":null', b'"finish_reason":"stop"'),
+    _chat(b'"a"b"', 0),
+    _chat(b'"a\x01b"', 0),
+    _chat(b'"a\xffb"', 0),
+    _chat(b'"a\\xb"', 0),
+    _chat(b'"x"', 0) + b" ",
+]
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        *(on_wire(event) for event in DECLINED_EVENTS),
+        b"data:" + _chat(b'"x"', 0) + b"\n\n",  # no space: the template's wire form has one
+        b"data: " + _chat(b'"x"', 0) + b"\r\n\r\n",
+        b"data: " + _chat(b'"x"', 0) + b"\nid: 1\n\n",
+        b"data: " + _chat(b'"x"', 0) + b"\ndata: x\n\n",
+        on_wire(_chat(b'"x"', 0), b"delta"),  # an event type the learned event did not have
+        on_wire(_chat(b'"x"', 0))[:-1],  # not whole
+    ],
+)
+def test_wire_form_declines_anything_else(chunk: bytes) -> None:
+    template = learned(SHAPES[0], None)
+    found = findings()
+    assert template.read_events(chunk, found) == 0
+    assert found.output_chars == 0
+    first = on_wire(_chat(b'"abc"', 0))
+    assert template.read_events(first + chunk, found) == len(first)  # reads up to the first it declines
+    assert found.output_chars == 3
+
+
 def test_volatile_values_must_stay_plain() -> None:
     template = learned(SHAPES[1], None)
     plain = _chat_obfuscated(b'"x"', 2)

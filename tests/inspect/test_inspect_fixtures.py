@@ -8,6 +8,7 @@ byte offset, or into random pieces, must change nothing: not the outcome, not th
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,6 +327,15 @@ def with_line_ends(data: bytes, line_end: bytes) -> bytes:
     return data.replace(b"\n", line_end)
 
 
+def event_ends(data: bytes, line_end: bytes = b"\n") -> list[int]:
+    """The offsets just after each blank line: where a server that writes one event per chunk cuts."""
+    return [match.end() for match in re.finditer(re.escape(line_end * 2), data)]
+
+
+SSE_CASES = [case for case in CASES if case.content_type == SSE]
+SSE_IDS = [case.name for case in SSE_CASES]
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_whole_body(case: Case) -> None:
     data = fixture(case.fixture)
@@ -356,6 +366,16 @@ def test_usage_event_removed_with_other_line_endings_at_every_offset(line_end: b
         assert forwarded == expected_forwarded, f"split at byte {offset}"
 
 
+@pytest.mark.parametrize("case", SSE_CASES, ids=SSE_IDS)
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+def test_one_event_per_chunk(case: Case, line_end: bytes) -> None:
+    # How servers send, and what the stream inspector's short cuts are for.
+    body = with_line_ends(fixture(case.fixture), line_end)
+    forwarded, outcome = read(case, split_at(body, event_ends(body, line_end)))
+    assert as_dict(outcome) == case.expected_outcome()
+    assert forwarded == case.expected_forwarded(body, line_end)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
@@ -363,6 +383,9 @@ def test_random_splits(case: Case, data: st.DataObject) -> None:
     line_end = data.draw(st.sampled_from([b"\n", b"\r\n", b"\r"])) if case.content_type == SSE else b"\n"
     body = with_line_ends(fixture(case.fixture), line_end) if line_end != b"\n" else fixture(case.fixture)
     offsets = data.draw(st.lists(st.integers(0, len(body)), max_size=24))
+    if case.content_type == SSE:
+        # Some cuts at event ends too: chunks of whole events mixed with pieces of events.
+        offsets += data.draw(st.lists(st.sampled_from(event_ends(body, line_end)), max_size=24))
     forwarded, outcome = read(case, split_at(body, offsets))
     assert as_dict(outcome) == case.expected_outcome()
     assert forwarded == case.expected_forwarded(body, line_end)

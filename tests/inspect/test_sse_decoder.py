@@ -147,3 +147,36 @@ def test_a_chunk_per_event_gives_the_reference_events(stream: bytes) -> None:
     pieces = [piece for piece in re.split(rb"(?<=\n\n)", stream) if piece]
     events, _ = decode(pieces)
     assert events == reference_events(stream)
+
+
+def test_event_boundary_is_after_a_blank_line_only() -> None:
+    decoder = SSEDecoder()
+    assert decoder.at_event_boundary
+    for piece, at_boundary in [
+        (b"data: a\n\n", True),
+        (b": ping\n", False),  # a comment line belongs to the event that follows
+        (b"\n", True),
+        (b"id: 7\n", False),
+        (b"data: b\n", False),
+        (b"\n", True),
+        (b"data: c\r\n\r", False),  # the last "\r" may be half of "\r\n"
+        (b"\n", True),
+    ]:
+        decoder.feed(piece)
+        assert decoder.at_event_boundary is at_boundary, piece
+
+
+def test_skipped_bytes_move_the_offsets_of_later_events() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\n") == [(b"", b"a", 0, 9)]
+    decoder.skip(100)  # whole events the caller read itself
+    assert decoder.feed(b"data: b\n\ndata: c\n") == [(b"", b"b", 109, 118)]
+    assert decoder.feed(b"\n") == [(b"", b"c", 118, 127)]
+    assert decoder.event_start == 127
+
+
+def test_skipping_inside_an_event_is_refused() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\ndata: b")
+    with pytest.raises(ValueError, match="skip 5 bytes at stream offset 16: the event that started at 9 is not"):
+        decoder.skip(5)
