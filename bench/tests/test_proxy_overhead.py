@@ -144,8 +144,9 @@ def test_a_short_run_with_the_python_generator_measures_and_writes_json(tmp_path
     assert "JSON: POST /v1/chat/completions" in done.stdout and "SSE: the same" in done.stdout
     rows = json.loads(out.read_text())["measurements"]
     assert [(r["setup"], r["workload"]) for r in rows] == [
-        ("direct", "json"), ("direct", "sse"), ("floor", "json"), ("floor", "sse")
+        ("direct", "json"), ("direct", "sse"), ("direct", "paced"),
+        ("floor", "json"), ("floor", "sse"), ("floor", "paced"),
     ]
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows)
-    floor_json = rows[2]
+    floor_json = rows[3]
     assert floor_json["proxy_cpu_us_per_request"] > 0 and floor_json["x_floor_rps"] == 1.0
