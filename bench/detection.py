@@ -1,22 +1,24 @@
 """The detection benchmark: how soon a worse canary is rolled back, and how rarely a healthy one is.
 
-    nice -n 19 .venv/bin/python bench/detection.py [--runs 1000] [--scenarios a,b] [--methods judge,thresholds]
-        [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE] [--rate 100] [--weight 5]
-        [--base-error 0.01] [--horizon 1800] [--warmup SECONDS]
+    nice -n 19 .venv/bin/python bench/detection.py [--runs 1000] [--scenarios a,b]
+        [--methods judge,thresholds] [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE]
+        [--rate 100] [--weight 5] [--base-error 0.01] [--horizon 1800] [--warmup SECONDS]
 
 Each run is one rollout with no sockets and a manual clock: synthetic outcomes of both versions go
 through the product's own sinks and decision path — `Windows.record(outcome, t)` and
-`Controller.record(outcome)` (which feeds the `Judge`), then every `evaluate_every` seconds
+`Controller.record(outcome)` (which feeds the `Judge`), then every `evaluate_every` (10 s)
 `Controller.evaluate()`: `RuleEngine.evaluate` + `Judge.verdicts` + `stages.step`, with a
-`ManualClock`, a `MemoryStateStore` and an `Alerter` without webhooks. A run ends at the rollback
-(or another stop of the rollout) or at the horizon.
+`ManualClock`, a `MemoryStateStore` and an `Alerter` without webhooks (it needs no running event
+loop then: `send` only logs, and the workers silence the log). A run ends at the rollback (or
+another stop of the rollout) or at the horizon.
 
-Traffic. `--rate` requests per second, completing evenly spaced in time, from a population of
-5,000 users with Zipf activity (exponent 1: the busiest user sends 11% of all requests). Each user
-is a sticky key with a random 64-bit hash per run, so the real `Splitter` decides its arm and who
-is on the canary changes from run to run. A user's prompts and answers have their own typical
-length (a lognormal factor per user), so one user's requests are correlated, as in production.
-Per request, on a healthy version:
+Traffic. `--rate` requests per second start evenly spaced in time, from a population of 5,000
+users with Zipf activity (exponent 1: the busiest user sends 11% of all requests). Each user is a
+sticky key with a random 64-bit hash per run, so the real `Splitter` decides its arm at the weight
+in force when the request starts, and who is on the canary changes from run to run. A request
+reaches the sinks when it completes (start + latency), in completion order, as in the proxy. A
+user's prompts and answers have their own typical length (a lognormal factor per user), so one
+user's requests are correlated, as in production. Per request, on a healthy version:
 * failure (status 500, no usage) with probability `--base-error`;
 * latency lognormal, median 2 s, σ = 0.35 in log space (p95 = 3.56 s);
 * prompt tokens lognormal, median 400, per-user σ 0.5 and per-request σ 0.5; completion tokens
@@ -34,7 +36,13 @@ first request, warm-up included.
 
 Plans. `fixed` (default): one stage at `--weight`, held past the horizon, so "canary requests to
 detection" is well defined. `staged`: 5% -> 25% -> 50% -> 100%, 10 minutes each (example.yaml);
-the horizon is then the end of the plan.
+the horizon is then the end of the plan, and a healthy canary ends promoted.
+
+Cost. A 30-minute rollout is 180,000 requests, about a second of one core: the product's own work
+per request (windows, judge) and the simulator's (drawing the outcome, ordering completions) are
+of the same size. With the judge alone, nothing reads the windows once the controller has fixed
+the judge's latency baseline (at its first evaluation), so the run stops recording into them then:
+no decision changes, and the run costs a third less. Runs go to `--jobs` worker processes.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, Callable, Iterable, Sequence
+from heapq import heappop, heappush
+from typing import Callable, Iterable, Sequence
 
 from canaryproxy.alerts import Alerter
 from canaryproxy.clock import ManualClock
@@ -122,27 +131,25 @@ class Setup:
     warmup: float | None  # the judge's warm-up override; None: the judge's default
 
 
+# A version's behaviour at second t of the run, `since_increase` seconds after the canary weight
+# last rose.
+BehaviourAt = Callable[[Setup, float, float], Behaviour]
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """A canary against stable: `canary(setup, t, since_increase)` and `stable(setup, t)` give each
-    version's behaviour at second t (since_increase: seconds since the canary weight last rose)."""
-
     name: str
     regression: bool  # a worse canary to detect; otherwise a healthy one that must stay
     description: str
-    canary: Callable[[Setup, float, float], Behaviour]
-    stable: Callable[[Setup, float], Behaviour]
+    canary: BehaviourAt
+    stable: BehaviourAt
 
 
-def _healthy(setup: Setup, t: float) -> Behaviour:
+def _healthy(setup: Setup, t: float, since_increase: float) -> Behaviour:
     return Behaviour(setup.base_error)
 
 
-def _same_as_stable(setup: Setup, t: float, since_increase: float) -> Behaviour:
-    return Behaviour(setup.base_error)
-
-
-def _steady(**change: float) -> Callable[[Setup, float, float], Behaviour]:
+def _steady(**change: float) -> BehaviourAt:
     """A canary that is worse in the same way from its first request to its last."""
 
     def canary(setup: Setup, t: float, since_increase: float) -> Behaviour:
@@ -156,25 +163,17 @@ def _steady(**change: float) -> Callable[[Setup, float, float], Behaviour]:
 BURST_START, BURST_SECONDS, BURST_FACTOR = 120.0, 30.0, 10.0
 
 
-def _burst(setup: Setup, t: float) -> Behaviour:
+def _burst(setup: Setup, t: float, since_increase: float) -> Behaviour:
     in_burst = BURST_START <= t < BURST_START + BURST_SECONDS
     return Behaviour(setup.base_error * (BURST_FACTOR if in_burst else 1.0))
-
-
-def _burst_canary(setup: Setup, t: float, since_increase: float) -> Behaviour:
-    return _burst(setup, t)
 
 
 DRIFT = 0.3  # both versions' latency and tokens rise this much over the horizon
 
 
-def _drift(setup: Setup, t: float) -> Behaviour:
+def _drift(setup: Setup, t: float, since_increase: float) -> Behaviour:
     scale = 1.0 + DRIFT * t / setup.horizon
     return Behaviour(setup.base_error, latency_scale=scale, tokens_scale=scale)
-
-
-def _drift_canary(setup: Setup, t: float, since_increase: float) -> Behaviour:
-    return _drift(setup, t)
 
 
 COLD_SECONDS, COLD_LATENCY, COLD_ERRORS = 20.0, 3.0, 2.0
@@ -202,11 +201,11 @@ def _scenarios() -> dict[str, Scenario]:
          _steady(guardrail_rate=2 * GUARDRAIL_RATE)),
     ]
     healthy = [
-        ("A/A", "the canary is the same version", _same_as_stable, _healthy),
+        ("A/A", "the canary is the same version", _healthy, _healthy),
         ("burst (shared)", f"both versions fail {BURST_FACTOR:g}x as often for {BURST_SECONDS:g} s "
-         f"from t = {BURST_START:g} s", _burst_canary, _burst),
+         f"from t = {BURST_START:g} s", _burst, _burst),
         ("drift (shared)", f"both versions' latency and tokens rise {DRIFT:.0%} over the horizon",
-         _drift_canary, _drift),
+         _drift, _drift),
         ("cold start", f"the canary's first {COLD_SECONDS:g} s after each weight increase: latency "
          f"x{COLD_LATENCY:g} and failures x{COLD_ERRORS:g}", _cold_start, _healthy),
     ]
@@ -295,6 +294,7 @@ def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed:
 
     judge = controller.judge
     record_window = windows.record
+    in_flight: list[tuple[float, int, Outcome]] = []  # (completion time, sequence, outcome)
     canary_times: list[float] = []  # completion time of each canary request, in order
     requests = 0
     weight_raised_at = 0.0
@@ -306,21 +306,24 @@ def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed:
         if splitter.weight > weight:
             weight_raised_at = float(seconds)
         weight = splitter.weight
-        stable = scenario.stable(setup, seconds)
-        canary = scenario.canary(setup, seconds, seconds - weight_raised_at)
+        since_increase = seconds - weight_raised_at
+        stable = scenario.stable(setup, seconds, since_increase)
+        canary = scenario.canary(setup, seconds, since_increase)
         count = math.floor((seconds + 1) * setup.rate) - math.floor(seconds * setup.rate)
         users = rng.choices(population.ids, cum_weights=population.cumulative, k=count)
-        _serve_second(
+        _start_second(
             rng, population, users, start + seconds, weight, splitter.choose, stable, canary,
-            record_window, controller.record, canary_times,
+            in_flight, requests,
         )
         requests += count
         seconds += 1
+        _finish(in_flight, start + seconds, record_window, controller.record, canary_times)
         if seconds >= next_evaluation:
             clock.advance(start + seconds - clock.monotonic())
             controller.evaluate()
             next_evaluation += EVALUATE_EVERY
-            if judge is not None and not controller.rules.rules and _latency_baseline_fixed(judge):
+            if record_window is not _record_nowhere and judge is not None and not controller.rules.rules \
+                    and _latency_baseline_fixed(judge):
                 # Nothing reads the windows any more: the rules would, the judge never does.
                 record_window = _record_nowhere
     return _result(scenario, method, run, controller, canary_times, start, seconds, requests)
@@ -334,7 +337,7 @@ def _record_nowhere(outcome: Outcome, t: float) -> None:
     return None
 
 
-def _serve_second(
+def _start_second(
     rng: random.Random,
     population: Population,
     users: Sequence[int],
@@ -343,11 +346,11 @@ def _serve_second(
     choose: Callable[[int | None], Arm],
     stable: Behaviour,
     canary: Behaviour,
-    record_window: Callable[[Outcome, float], None],
-    record_controller: Callable[[Outcome], None],
-    canary_times: list[float],
+    in_flight: list[tuple[float, int, Outcome]],
+    sequence: int,
 ) -> None:
-    """Serve one second of requests: make each outcome and hand it to the product's sinks."""
+    """Start one second of requests, routed at the weight in force now: each becomes an outcome
+    that waits in `in_flight` until its completion time."""
     rand = rng.random
     bits = rng.getrandbits
     normals = _NORMALS
@@ -358,7 +361,7 @@ def _serve_second(
     spacing = 1.0 / len(users) if users else 0.0
     stable_profile, canary_profile = _profile(stable), _profile(canary)
     for index, user in enumerate(users):
-        t = second_start + (index + 0.5) * spacing
+        started = second_start + (index + 0.5) * spacing
         key = hashes[user]
         arm = choose(key)
         error_rate, log_latency, tail_scale, log_tokens, guardrail_rate = (
@@ -369,22 +372,37 @@ def _serve_second(
         if z > TAIL_QUANTILE_Z:
             latency *= tail_scale
         if rand() < error_rate:
-            outcome = Outcome(arm, t - latency, weight, key, status=500, latency=latency)
+            outcome = Outcome(arm, started, weight, key, status=500, latency=latency)
         else:
-            prompt = log_tokens + _LOG_PROMPT + prompt_offsets[user] + PROMPT_SIGMA * normals[bits(_NORMAL_BITS)]
+            prompt = (
+                log_tokens + _LOG_PROMPT + prompt_offsets[user] + PROMPT_SIGMA * normals[bits(_NORMAL_BITS)]
+            )
             completion = round(exp(
                 log_tokens + _LOG_COMPLETION + completion_offsets[user]
                 + COMPLETION_SIGMA * normals[bits(_NORMAL_BITS)]
             )) or 1
             outcome = Outcome(
-                arm, t - latency, weight, key, status=200, latency=latency,
+                arm, started, weight, key, status=200, latency=latency,
                 prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
                 output_chars=CHARS_PER_TOKEN * completion,
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),
             )
+        heappush(in_flight, (started + latency, sequence + index, outcome))
+
+
+def _finish(
+    in_flight: list[tuple[float, int, Outcome]],
+    until: float,
+    record_window: Callable[[Outcome, float], None],
+    record_controller: Callable[[Outcome], None],
+    canary_times: list[float],
+) -> None:
+    """Hand the requests that completed by `until` to the product's sinks, in completion order."""
+    while in_flight and in_flight[0][0] <= until:
+        t, _, outcome = heappop(in_flight)
         record_window(outcome, t)
         record_controller(outcome)
-        if arm is _CANARY:
+        if outcome.arm is _CANARY:
             canary_times.append(t)
 
 
@@ -481,6 +499,7 @@ class Summary:
     runs: int
     rolled_back: int
     paused: int
+    promoted: int
     requests_median: float | None
     requests_p90: float | None
     seconds_median: float | None
@@ -519,6 +538,7 @@ def summarize(results: Iterable[RunResult]) -> list[Summary]:
             summaries.append(Summary(
                 scenario=name, method=method, regression=SCENARIOS[name].regression, runs=len(group),
                 rolled_back=len(detected), paused=sum(r.phase == Phase.PAUSED.value for r in group),
+                promoted=sum(r.phase == Phase.PROMOTED.value for r in group),
                 requests_median=quantile(requests, 0.5), requests_p90=quantile(requests, 0.9),
                 seconds_median=quantile(seconds, 0.5), seconds_p90=quantile(seconds, 0.9),
                 stop_seconds_median=quantile(stops, 0.5), sources=dict(sources.most_common()),
@@ -537,7 +557,10 @@ def table(summaries: Sequence[Summary]) -> str:
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for s in summaries:
-        rate = f"{s.rollback_rate:.1%}" + (f" (+{s.paused} paused)" if s.paused else "")
+        rate = f"{s.rollback_rate:.1%}"
+        others = [f"{count} {what}" for count, what in ((s.paused, "paused"), (s.promoted, "promoted")) if count]
+        if others:
+            rate += f" ({', '.join(others)})"
         fired = ", ".join(f"{name} {count}" for name, count in list(s.sources.items())[:3])
         lines.append(
             f"| {s.scenario} | {s.method} | {s.runs:,} | {rate} | "
@@ -553,7 +576,8 @@ def table(summaries: Sequence[Summary]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=1000, help="rollouts per scenario and method")
-    parser.add_argument("--scenarios", default="", help=f"comma-separated, default all: {', '.join(SCENARIOS)}")
+    parser.add_argument("--scenarios", default="",
+                        help=f"comma-separated, default all: {', '.join(SCENARIOS)}")
     parser.add_argument("--methods", default=",".join(METHODS), help="judge, thresholds or both")
     parser.add_argument("--plan", choices=("fixed", "staged"), default="fixed")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
@@ -570,7 +594,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     names = [name.strip() for name in args.scenarios.split(",") if name.strip()] or list(SCENARIOS)
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
-        problems.append(f"--scenarios: unknown {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}")
+        problems.append(
+            f"--scenarios: unknown {', '.join(map(repr, unknown))}; known: {', '.join(SCENARIOS)}"
+        )
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     if not methods or set(methods) - set(METHODS):
         problems.append(f"--methods: expected judge and/or thresholds, got {args.methods!r}")
@@ -591,7 +617,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    horizon = sum(stage.hold for stage in STAGED_PLAN) if args.plan == "staged" else args.horizon
+    # The staged plan's horizon leaves time for the evaluation that promotes after the last hold.
+    staged_horizon = sum(stage.hold for stage in STAGED_PLAN) + 2 * EVALUATE_EVERY
+    horizon = staged_horizon if args.plan == "staged" else args.horizon
     setup = Setup(rate=args.rate, weight=args.weight, base_error=args.base_error, horizon=horizon,
                   plan=args.plan, warmup=args.warmup)
     tasks = [
@@ -604,13 +632,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def progress(done: int, total: int) -> None:
         if done % 100 == 0 or done == total:
-            print(f"\r{done:,}/{total:,} runs, {time.monotonic() - began:,.0f} s", end="", file=sys.stderr)
+            print(f"\r{done:,}/{total:,} runs, {time.monotonic() - began:,.0f} s", end="", file=sys.stderr,
+                  flush=True)
 
     results = run_all(tasks, args.jobs, progress)
     elapsed = time.monotonic() - began
     print(file=sys.stderr)
     summaries = summarize(results)
     print(table(summaries))
+    print()
+    for name in args.scenario_names:
+        print(f"- {name}: {SCENARIOS[name].description}")
     print(f"\n{len(results):,} rollouts in {elapsed:,.0f} s with {args.jobs} jobs; "
           f"{args.plan} plan, {setup.rate:g} requests/s, weight {setup.weight:g}%, "
           f"base error {setup.base_error:g}, horizon {setup.horizon:g} s, seed {args.seed}")

@@ -1,24 +1,25 @@
 """The sequential statistical judge: is the canary worse than stable? Anytime-valid.
 
-Every request is sent to the canary with a known probability w (the canary weight when it was
-routed), so both versions see the same traffic at the same time. The judge compares them after
-every request and says FAIL as soon as the evidence that the canary is worse is strong, while the
-chance of a false rollback stays below α however often it is looked at: each test is an e-process
-(a nonnegative supermartingale under "the canary is no worse") and Ville's inequality bounds the
+Both versions serve the same traffic at the same time: the splitter sends each user (sticky key)
+to the canary with probability w, the canary weight. The judge compares them after every request
+and says FAIL as soon as the evidence that the canary is worse is strong, while the chance of a
+false rollback stays below α however often it is looked at: each test is an e-process (a
+nonnegative supermartingale under "the canary is no worse") and Ville's inequality bounds the
 chance it ever reaches 1/α by α. The formulas are in decision-engine.md, section 2.
 
 Two kinds of tests
 ------------------
-*Event tests* (conditional-label mixture; O(J) per event, J alternatives): failed requests
-(`errors`), requests slower than a fixed latency threshold (`latency`), guardrail interventions
-(`guardrail`), schema failures (`schema`), truncated responses (`truncation`). Each event is
-labelled Z = 1 when the canary served it. If the canary's event rate is at most r₀ times stable's,
-P(Z = 1) ≤ θ₀ = w·r₀ / (w·r₀ + 1 − w) whatever the traffic level does, so bursts and outages that
-hit both versions cancel out. The e-value is the mean over alternatives r_j (log-spaced between
-1.1·r₀ and `max_ratio`) of the likelihood ratios, with w, and so θ, taken at each event. Events
-routed at w = 0 or w = 1 carry no information and are skipped. Only a canary event can raise the
-e-value (a stable event lowers every likelihood ratio), so the rejection check runs on canary
-events only.
+*Event tests* (conditional-label mixture; O(1) per request and O(J) per block of requests with
+an event, J alternatives): failed requests (`errors`), requests slower than a fixed latency
+threshold (`latency`), guardrail interventions (`guardrail`), schema failures (`schema`),
+truncated responses (`truncation`). Each event is labelled Z = 1 when the canary served it. If
+the canary's event rate per request is at most r₀ times stable's and the canary serves a share q
+of the requests, P(Z = 1) ≤ θ₀ = q·r₀ / (q·r₀ + 1 − q) whatever the traffic level does, so
+bursts and outages that hit both versions cancel out.
+The e-value is a weighted mixture over alternatives r_j of the likelihood ratios, with q, and so
+θ, taken for each block of requests (below). Requests routed at w = 0 or w = 1 carry no
+information and are skipped. Only a canary event can raise the e-value (a stable event lowers
+every likelihood ratio), so the rejection check runs on blocks with canary events only.
 
 *Amount tests* (normal mixture on x = log(1 + y); O(1) per request): tokens per request
 (`tokens`), output length in characters (`output_length`), cost (`cost`, in micro-USD) and latency
@@ -29,39 +30,77 @@ asymptotically valid, so it may not fire before `burn_in` (at least 100) samples
 
 Choices worth knowing
 ---------------------
+* **The canary's share q is counted, not assumed.** Routing is per user, so the canary's share
+  of the *requests* is w only on average over which users land on it: with realistic (Zipf)
+  activity one busy user on the canary can make it 8% of the traffic at w = 5%, and without
+  one it is nearer 4%. θ₀ from w would then roll a healthy canary back (its share of events is
+  above w) or miss a bad one (below w): in bench/detection.py (5,000 Zipf users) 9 of 200 healthy
+  canaries were rolled back within 30 minutes at α = 1%, 8 of them by event tests. So each event test cuts the requests
+  it looks at into blocks of `_BLOCK_REQUESTS` (100) consecutive ones — a block also ends at a
+  weight change and at every verdict, so none waits long at low traffic — and labels a block's
+  events against the block's own canary share q = n_c / (n_c + n_s). Given a block's requests
+  and its number of events, under the null every request is equally likely to carry one, so the
+  canary's count is hypergeometric, and the binomial likelihood ratio at q is a valid e-value
+  for it (sampling without replacement is less spread than with: Hoeffding, 1963). Nothing is
+  estimated: bursts, drifts and users coming and going change q between blocks, never within
+  the comparison. A block in which only one version served says nothing and is dropped. Events
+  are taken into the e-value when their block ends, at most 100 requests later. The assumption
+  left is that within a version, which request carries an event does not depend on who sent it
+  beyond what the per-key cap bounds (the cap itself changes a block only when a key reaches it).
+* **Sticky keys.** One user's requests all go to one arm and are correlated: a client retrying a
+  failed request (the OpenAI SDK does twice) sends the same failure two more times. Each event
+  test counts at most `max_events_per_key` (3) events per sticky key and stops counting the key's
+  requests once it has them. Three canary events with no stable event in between are then the
+  most one user can add: at a canary share of 5%, an e-value of 133, below 1/α = 167 for errors
+  (a cap of 5 would allow 13,000: one user retrying a crashing prompt would roll the canary back).
+  The price is power when busy users reach the cap and their requests stop counting: with 5,000
+  Zipf users regressions of 2× and 3× take 5–10% longer to detect than with a cap of 5. The amount tests take
+  one sample per key (`max_samples_per_key`, default 1; one shared count: a request sampled for
+  tokens is also sampled for length and cost): a user's prompts share a typical length, so three
+  samples of one user are worth much less than three users, and the normal approximation would
+  overstate the evidence (measured: 4 of 800 healthy canaries rolled back by tokens or output
+  length at three per key, from an α of 0.15%). Requests without a key are always counted. The counts live in two
+  generations of dicts of at most `key_memory` keys each: when the current one fills it becomes
+  the previous one, and a key still active is carried forward with its count. Memory is bounded
+  by 2 × `key_memory` keys per count (one count per event test, one for the samples; about 8 MB
+  each when full at the default 50,000); a key unseen for two generations is forgotten and may
+  count again.
+* **The mixture.** J = 16 alternatives log-spaced from 1.4·r₀ to `max_ratio` = 40, with prior
+  weight ∝ 1/r: the mixture's cost is log(1/π) of the weight near the true ratio, paid in the
+  currency of evidence, which comes slowly for small ratios and fast for large ones. Ratios
+  below 1.4× are not worth prior mass: at 5% weight they need more traffic than a rollout has.
+* **Warm-up.** After each weight increase (the first traffic included) the canary may run on
+  cold instances: slow while caches and compiled kernels warm up. The latency tests (`latency`,
+  `log_latency`, `WARM_UP_TESTS`) skip the requests that start within `warmup_seconds` (default
+  20 s) of the first request at the new weight. The other tests keep counting: a failed request
+  or a longer answer is the version's doing, warm or cold, and the error goals need every canary
+  request from the first (an errors warm-up would cost a 3× regression a fifth of its detection
+  time at 5%). The price: a cold start that also fails twice as often for its first 20 s is
+  rolled back in 2% of rollouts (bench/detection.py); one that fails more is rolled back sooner.
 * **Stratified by weight.** The amount tests keep Welford moments per (weight, arm) and combine the
   strata with inverse-variance weights: s = Σ Δ_k/V_k, v = Σ 1/V_k, the sufficient statistics of a
   common shift across strata. With one weight this is exactly Δ/V and 1/V. Pooling across weights
   would compare a canary sampled mostly late (high weight) with a stable sampled mostly early, and
   a daily drift in prompt length would look like a regression. A stratum contributes once each of
-  its arms has `burn_in` samples.
+  its arms has `burn_in` samples. The event tests' blocks end at a weight change for the same
+  reason.
 * **σ² for the mixture precision ρ** is the pooled variance of the first stratum to finish its
   burn-in, then fixed until `reset()`: ρ must not follow the data it tests; it only tunes power
   (for about 200 canary requests), never validity.
 * **Only requests that say something about the version** (`Outcome.counts_for_version`) are
   observed. Latency events and every amount test look at requests that did not fail: a failure has
   its own test, and its duration (a quick 502, a 60 s timeout) says nothing about serving speed.
-* **Sticky keys.** One user's requests all go to one arm and are correlated; the guarantee holds per
-  independent unit. Each test counts at most `max_events_per_key` events per sticky key, and the
-  amount tests take at most `max_samples_per_key` samples per key (one shared count: a request
-  sampled for tokens is also sampled for length and cost). A cap of 1 would make every counted
-  label a different user, the independent unit the guarantee assumes; the default 3 bounds what one
-  heavy user can do (three labels' worth of evidence, a cluster of at most three samples) while
-  keeping power when there are few users. Requests without a key are always counted. The counts
-  live in two generations of dicts of at most `key_memory` keys each: when the current one fills it
-  becomes the previous one, and a key still active is carried forward with its count. Memory is
-  bounded by 2 × `key_memory` keys per count (one count per event test, one for the samples; about
-  8 MB each when full at the default 50,000); a key unseen for two generations is forgotten and
-  may count again.
 * **α split (Bonferroni, valid under continuous monitoring).** The default 1% family budget:
 
-      errors 0.35%   latency 0.25%   guardrail 0.10%   schema 0.05%   truncation 0.05%
-      tokens 0.10%   output_length 0.05%   cost 0.025%   log_latency 0.025%
+      errors 0.6%   latency 0.2%   guardrail 0.08%   schema 0.04%   tokens 0.05%
+      truncation 0.01%   output_length 0.01%   cost 0.005%   log_latency 0.005%
 
-  The headline tests keep most of it. Truncation overlaps `errors` (a truncated body is a failed
-  request), length and cost move with tokens, mean log latency overlaps the exceedance test. The
-  threshold is log(1/α), so a quarter of the α costs only log 4 ≈ 1.4 nats of evidence. A disabled
-  test's share is simply not spent; `JudgeConfig.family_alpha` is the sum over enabled tests.
+  The tests with goals keep most of it; the threshold is log(1/α), so every halving of a test's α
+  costs only log 2 ≈ 0.7 nats of evidence. Truncation is inside `errors` already (a truncated body
+  is a failed request), length and cost move with tokens, and mean log latency overlaps the
+  exceedance test: they are cross-checks and get little. Tokens fire at the burn-in for a 1.5×
+  change even at 0.05%. A disabled test's share is simply not spent; `JudgeConfig.family_alpha` is
+  the sum over enabled tests.
 * **Latency threshold.** `set_latency_threshold` takes stable's p95 fixed before the canary gets
   traffic or taken from stable's window at a stage start, never re-estimated from the data under
   test. Until it is set the latency test is inactive. Evidence gathered under an earlier threshold
@@ -74,12 +113,13 @@ Choices worth knowing
   with probability at least 1 − α at every time at once. Early promotion is off by default in the
   product; the controller decides whether to call it.
 * **Verdicts** are PASS or FAIL, never INCONCLUSIVE: "too little data" belongs to the operator
-  rules. FAIL is sticky until `reset()` and reports the evidence at the moment it crossed.
+  rules. FAIL is sticky until `reset()` and reports the evidence at the moment it crossed,
+  including `observed`: the requests of each version the judge had taken in by then.
 
 The rate ratio shown for an event test is the conditional maximum-likelihood estimate from the
-labels (the r whose θ_w(r) fits the canary share of events at each weight), which, like the test,
-does not depend on traffic level. For an amount test it is exp(Δ̂): the ratio of the geometric
-means of 1 + y.
+labels (the r whose θ_q(r) fits the canary share of events in the blocks of each share q),
+which, like the test, does not depend on traffic level. For an amount test it is exp(Δ̂): the
+ratio of the geometric means of 1 + y.
 """
 
 from __future__ import annotations
@@ -97,7 +137,10 @@ _LOG_2 = math.log(2.0)
 _SQRT_2 = math.sqrt(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _MIXTURE_TUNED_FOR = 200  # canary requests at which the normal mixture has the most power
-_MAX_CACHED_WEIGHTS = 64  # distinct weights whose per-event increments are kept
+_SMALLEST_ALTERNATIVE = 1.4  # × r0: smaller ratios take longer than a rollout to show
+# Requests per block of an event test: small enough that the canary's share cannot drift within
+# one, large enough that a block rarely lacks either version (at a 3% share, one in twenty).
+_BLOCK_REQUESTS = 100
 _CS_GRID = tuple(2.0 ** (k / 8) for k in range(-16, 33))  # 1/4 .. 16, 8 steps per doubling
 
 
@@ -132,17 +175,19 @@ AMOUNT_TESTS: Mapping[str, str] = MappingProxyType(
         "log_latency": "latency",
     }
 )
+# The tests a cold start fails, which skip the requests that start during a warm-up.
+WARM_UP_TESTS = frozenset({"latency", "log_latency"})
 DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
     {
-        "errors": TestConfig(alpha=0.0035),
-        "latency": TestConfig(alpha=0.0025),
-        "guardrail": TestConfig(alpha=0.001),
-        "schema": TestConfig(alpha=0.0005),
-        "truncation": TestConfig(alpha=0.0005),
-        "tokens": TestConfig(alpha=0.001),
-        "output_length": TestConfig(alpha=0.0005),
-        "cost": TestConfig(alpha=0.00025),
-        "log_latency": TestConfig(alpha=0.00025),
+        "errors": TestConfig(alpha=0.006),
+        "latency": TestConfig(alpha=0.002),
+        "guardrail": TestConfig(alpha=0.0008),
+        "schema": TestConfig(alpha=0.0004),
+        "truncation": TestConfig(alpha=0.0001),
+        "tokens": TestConfig(alpha=0.0005),
+        "output_length": TestConfig(alpha=0.0001),
+        "cost": TestConfig(alpha=0.00005),
+        "log_latency": TestConfig(alpha=0.00005),
     }
 )
 
@@ -152,12 +197,13 @@ class JudgeConfig:
     """Settings of the judge. Tests not named in `tests` keep their defaults (`DEFAULT_TESTS`)."""
 
     tests: Mapping[str, TestConfig] = field(default_factory=lambda: DEFAULT_TESTS)
-    alternatives: int = 40  # J: alternative ratios in each event-test mixture
-    max_ratio: float = 20.0  # the largest alternative ratio
+    alternatives: int = 16  # J: alternative ratios in each event-test mixture
+    max_ratio: float = 40.0  # the largest alternative ratio
     max_events_per_key: int = 3
-    max_samples_per_key: int = 3
+    max_samples_per_key: int = 1
     key_memory: int = 50_000  # keys per generation of a per-key count (two generations kept)
     burn_in: int = 100  # samples per version in a stratum before an amount test may fire
+    warmup_seconds: float = 20.0  # after each weight increase, the latency tests skip this long
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tests) - set(DEFAULT_TESTS))
@@ -184,16 +230,21 @@ class JudgeConfig:
                 problems.append(f"tests.{name}.alpha must be between 0 and 1, got {test.alpha!r}")
             if not 0.0 < test.r0 < math.inf:
                 problems.append(f"tests.{name}.r0 must be a positive number, got {test.r0!r}")
-            elif name in EVENT_TESTS and 1.1 * test.r0 >= self.max_ratio:
+            elif name in EVENT_TESTS and _SMALLEST_ALTERNATIVE * test.r0 >= self.max_ratio:
                 problems.append(
-                    f"tests.{name}.r0 must be below max_ratio / 1.1 = {self.max_ratio / 1.1:.3g} "
-                    f"(alternatives run from 1.1 × r0 to max_ratio), got {test.r0!r}"
+                    f"tests.{name}.r0 must be below max_ratio / {_SMALLEST_ALTERNATIVE:g} = "
+                    f"{self.max_ratio / _SMALLEST_ALTERNATIVE:.3g} (alternatives run from "
+                    f"{_SMALLEST_ALTERNATIVE:g} × r0 to max_ratio), got {test.r0!r}"
                 )
         if not self.family_alpha < 1.0:
             problems.append(f"the enabled tests' alphas sum to {self.family_alpha:.3g}; must be below 1")
         for name in ("alternatives", "max_events_per_key", "max_samples_per_key", "key_memory"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.warmup_seconds < math.inf:
+            problems.append(
+                f"warmup_seconds must be a finite number of seconds >= 0, got {self.warmup_seconds!r}"
+            )
         if self.burn_in < 100:
             problems.append(
                 f"burn_in must be at least 100 (the normal approximation needs it), got {self.burn_in!r}"
@@ -232,6 +283,22 @@ def mixture_precision(sigma2: float, alpha: float) -> float:
     """ρ that makes the normal-mixture boundary tightest at about 200 canary requests."""
     log_inv_alpha = math.log(1.0 / alpha)
     return (_MIXTURE_TUNED_FOR / sigma2) / (2.0 * log_inv_alpha + math.log1p(2.0 * log_inv_alpha))
+
+
+def _log_mixture(log_values: list[float], log_weights: tuple[float, ...]) -> float:
+    """log Σ_j π_j·exp(v_j) for log weights log π_j that sum to one in probability."""
+    top = max(log_values)
+    return top + math.log(
+        math.fsum(math.exp(value + log_weight - top) for value, log_weight in zip(log_values, log_weights))
+    )
+
+
+def _mixture_log_weights(ratios: tuple[float, ...]) -> tuple[float, ...]:
+    """Prior weights ∝ 1/r: more mass on the small ratios, where evidence comes slowly and the
+    mixture's cost (log 1/π of the weight near the true ratio) delays detection the most; a large
+    ratio earns its evidence so fast that its smaller weight hardly matters."""
+    log_total = math.log(math.fsum(1.0 / ratio for ratio in ratios))
+    return tuple(-math.log(ratio) - log_total for ratio in ratios)
 
 
 def _log_mean_exp(values: list[float]) -> float:
@@ -275,22 +342,30 @@ def _ratio_estimate(counts: Mapping[float, list[int]]) -> float | None:
     if canary == 0:
         return 0.0
 
-    def score(log_ratio: float) -> float:  # d log-likelihood / d log r: decreasing in r
-        ratio = math.exp(log_ratio)
-        total = 0.0
-        for w, (stable_events, canary_events) in counts.items():
-            theta = _canary_share(w, ratio)
-            total += canary_events * (1.0 - theta) - stable_events * theta
-        return total
-
+    # Newton's method on log r, kept inside a bracket that always holds the root: the
+    # log-likelihood is concave in log r, so a few steps suffice where bisection took 60 passes
+    # over the counts (one per share seen) at every evaluation.
     low, high = -30.0, 30.0
-    for _ in range(60):
-        middle = 0.5 * (low + high)
-        if score(middle) > 0.0:
-            low = middle
+    log_ratio = 0.0
+    for _ in range(100):
+        ratio = math.exp(log_ratio)
+        score = slope = 0.0  # d log-likelihood / d log r, and its derivative (negative)
+        for share, (stable_events, canary_events) in counts.items():
+            theta = _canary_share(share, ratio)
+            score += canary_events * (1.0 - theta) - stable_events * theta
+            slope -= (canary_events + stable_events) * theta * (1.0 - theta)
+        if score > 0.0:
+            low = log_ratio
         else:
-            high = middle
-    return math.exp(0.5 * (low + high))
+            high = log_ratio
+        step = -score / slope
+        following = log_ratio + step
+        if not low < following < high:
+            following = 0.5 * (low + high)
+        if abs(following - log_ratio) < 1e-12:
+            break
+        log_ratio = following
+    return math.exp(log_ratio)
 
 
 def _format_e(log_e: float) -> str:
@@ -307,6 +382,12 @@ def _e_value(log_e: float) -> float | None:
     return math.exp(log_e) if log_e < 709.0 else None
 
 
+def _observed(observed: list[int]) -> dict[str, int]:
+    """The judge's request counts for a verdict's details: at a FAIL, how much traffic the canary
+    had served when the evidence crossed (what the decision record and the benchmark report)."""
+    return {"canary": observed[_CANARY], "stable": observed[_STABLE]}
+
+
 def _rate_comparison(ratio: float | None, canary_events: int, stable_events: int) -> str:
     if canary_events + stable_events == 0:
         return ": none yet"
@@ -319,29 +400,51 @@ def _rate_comparison(ratio: float | None, canary_events: int, stable_events: int
 
 
 class _KeyCap:
-    """Admits at most `limit` per sticky key, in bounded memory (two generations of dicts)."""
+    """Admits at most `limit` per sticky key, in bounded memory (two generations of dicts).
 
-    __slots__ = ("_limit", "_generation_size", "_current", "_previous")
+    `full` is asked for every request a test looks at, so the keys at the limit are also kept in
+    a set: for the many keys below it, the answer is one set lookup.
+    """
+
+    __slots__ = ("_limit", "_generation_size", "_current", "_previous", "_at_limit")
 
     def __init__(self, limit: int, generation_size: int) -> None:
         self._limit = limit
         self._generation_size = generation_size
         self._current: dict[int, int] = {}
         self._previous: dict[int, int] = {}
+        self._at_limit: set[int] = set()  # the keys of either generation whose count is the limit
+
+    def full(self, key: int) -> bool:
+        """Whether `key` has reached the limit. A key at the limit stays remembered while active."""
+        if key not in self._at_limit:
+            return False
+        if key not in self._current:
+            self._remember(key, self._limit)
+        return True
 
     def admit(self, key: int) -> bool:
-        current = self._current
-        count = current.get(key)
+        """Count one for `key` if it is below the limit; say whether it was."""
+        count = self._current.get(key)
         if count is None:
             count = self._previous.get(key, 0)
-            if len(current) >= self._generation_size:
-                self._previous = current
-                self._current = current = {}
         if count >= self._limit:
-            current[key] = count  # keep a heavy key remembered while it stays active
+            self._remember(key, count)
             return False
-        current[key] = count + 1
+        self._remember(key, count + 1)
         return True
+
+    def _remember(self, key: int, count: int) -> None:
+        current = self._current
+        if key not in current and len(current) >= self._generation_size:
+            # A new generation: keys not seen during the last two are forgotten.
+            self._previous = current
+            self._current = current = {}
+            limit = self._limit
+            self._at_limit = {k for k, c in self._previous.items() if c >= limit}
+        current[key] = count
+        if count >= self._limit:
+            self._at_limit.add(key)
 
 
 # --- event tests ------------------------------------------------------------------------------
@@ -389,15 +492,15 @@ _EVENT_OF: Mapping[str, EventOf] = MappingProxyType(
 
 
 class _EventTest:
-    """The conditional-label mixture for one kind of event, and its confidence sequence."""
+    """The conditional-label mixture for one kind of event, in blocks, and its confidence sequence."""
 
     __slots__ = (
-        "name", "label", "event_of", "active", "alpha", "r0", "log_threshold", "_ratios",
-        "_cs_shrinks", "_log_l", "_increments", "_last_w", "_last_increments", "counts",
-        "requests", "dropped_by_key_cap", "_keys", "rejection", "_cs_index",
+        "name", "label", "event_of", "active", "alpha", "r0", "log_threshold", "_ratios", "_log_weights",
+        "_cs_shrinks", "_log_l", "_increments", "counts", "_block", "_block_w", "requests", "events",
+        "dropped_by_key_cap", "_keys", "rejection", "_cs_index", "observed",
     )  # fmt: skip
 
-    def __init__(self, name: str, test: TestConfig, config: JudgeConfig) -> None:
+    def __init__(self, name: str, test: TestConfig, config: JudgeConfig, observed: list[int]) -> None:
         self.name = name
         self.label = EVENT_TESTS[name]
         self.event_of = _EVENT_OF[name]
@@ -405,53 +508,83 @@ class _EventTest:
         self.alpha = test.alpha
         self.r0 = test.r0
         self.log_threshold = math.log(1.0 / test.alpha)
-        self._ratios = _geometric_range(1.1 * test.r0, config.max_ratio, config.alternatives)
+        self._ratios = _geometric_range(_SMALLEST_ALTERNATIVE * test.r0, config.max_ratio, config.alternatives)
+        self._log_weights = _mixture_log_weights(self._ratios)
         self._cs_shrinks = _geometric_range(1.1, config.max_ratio, config.alternatives)
         self._log_l = [0.0] * config.alternatives
-        # Per-weight increments of log L_j for a canary and a stable event: the weight changes
-        # rarely, so each event is J additions. Bounded: cleared past _MAX_CACHED_WEIGHTS.
+        # Increments of log L_j for one stable and one canary event at each canary share: a block's
+        # share is k / n for its n <= _BLOCK_REQUESTS requests, so there are few of them.
         self._increments: dict[float, tuple[tuple[float, ...], tuple[float, ...]]] = {}
-        self._last_w = -1.0
-        self._last_increments: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
-        # Counted events per weight, [stable, canary]: sufficient for the ratio estimate and the
-        # confidence sequence. At most one entry per weight (0.01% steps from the splitter).
+        # Events of the closed blocks per canary share, [stable, canary]: sufficient for the e-value,
+        # the ratio estimate and the confidence sequence.
         self.counts: dict[float, list[int]] = {}
-        self.requests = [0, 0]  # eligible requests, [stable, canary]
+        # The open block: [stable requests, canary requests, stable events, canary events], all
+        # routed at weight _block_w and from keys under the cap.
+        self._block = [0, 0, 0, 0]
+        self._block_w = -1.0
+        self.requests = [0, 0]  # requests this test looks at, [stable, canary]
+        self.events = [0, 0]  # events counted (under the key cap), [stable, canary]
         self.dropped_by_key_cap = 0
         self._keys = _KeyCap(config.max_events_per_key, config.key_memory)
         self.rejection: Verdict | None = None
         self._cs_index = len(_CS_GRID)  # every grid ratio from here up is excluded
+        self.observed = observed  # the judge's requests taken in, [stable, canary]: shared, live
 
     def observe(self, outcome: Outcome, failed: bool, side: int, w: float, key: int | None) -> None:
         event = self.event_of(outcome, failed)
         if event is None:
             return
         self.requests[side] += 1
-        if not event:
+        if key is not None and self._keys.full(key):
+            if event:
+                self.dropped_by_key_cap += 1
             return
-        if key is not None and not self._keys.admit(key):
-            self.dropped_by_key_cap += 1
+        if w != self._block_w:
+            self.close_block()
+            self._block_w = w
+        block = self._block
+        block[side] += 1
+        if event:
+            if key is not None:
+                self._keys.admit(key)
+            self.events[side] += 1
+            block[2 + side] += 1
+        if block[_STABLE] + block[_CANARY] >= _BLOCK_REQUESTS:
+            self.close_block()
+
+    def close_block(self) -> None:
+        """Take the open block's events into the e-value, labelled against the block's own share.
+
+        Under the null every request of a block is equally likely to carry an event, so given the
+        block's requests and its number of events the canary's events are hypergeometric; the
+        binomial likelihood ratio at the block's canary share is a valid e-value for that (sampling
+        without replacement is less spread than with, Hoeffding 1963). A block where only one
+        version served says nothing and is dropped.
+        """
+        stable_requests, canary_requests, stable_events, canary_events = self._block
+        self._block = [0, 0, 0, 0]
+        if not (stable_events or canary_events) or not (stable_requests and canary_requests):
             return
-        pair = self.counts.get(w)
+        share = canary_requests / (stable_requests + canary_requests)
+        pair = self.counts.get(share)
         if pair is None:
-            pair = self.counts[w] = [0, 0]
-        pair[side] += 1
-        if w != self._last_w:
-            self._last_w = w
-            self._last_increments = self._increments_at(w)
-        increments = self._last_increments[side]
-        log_l = self._log_l = [value + step for value, step in zip(self._log_l, increments, strict=True)]
-        # Only a canary event can raise the e-value; mean ≤ max spares the log-sum-exp mostly.
-        if side == _CANARY and self.rejection is None and max(log_l) >= self.log_threshold:
-            log_e = _log_mean_exp(log_l)
+            pair = self.counts[share] = [0, 0]
+        pair[_STABLE] += stable_events
+        pair[_CANARY] += canary_events
+        stable_step, canary_step = self._increments_at(share)
+        log_l = self._log_l = [
+            value + stable_events * stable + canary_events * canary
+            for value, stable, canary in zip(self._log_l, stable_step, canary_step, strict=True)
+        ]
+        # Only canary events can raise the e-value; mixture ≤ max spares the log-sum-exp mostly.
+        if canary_events and self.rejection is None and max(log_l) >= self.log_threshold:
+            log_e = _log_mixture(log_l, self._log_weights)
             if log_e >= self.log_threshold:
                 self.rejection = self.verdict(log_e)
 
     def _increments_at(self, w: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
         cached = self._increments.get(w)
         if cached is None:
-            if len(self._increments) >= _MAX_CACHED_WEIGHTS:
-                self._increments.clear()
             theta0 = _canary_share(w, self.r0)
             thetas = [_canary_share(w, ratio) for ratio in self._ratios]
             stable = tuple(math.log1p(-theta) - math.log1p(-theta0) for theta in thetas)
@@ -460,7 +593,7 @@ class _EventTest:
         return cached
 
     def log_e(self) -> float:
-        return _log_mean_exp(self._log_l)
+        return _log_mixture(self._log_l, self._log_weights)
 
     def ratio_upper_bound(self) -> float | None:
         """r such that the true ratio is below r (anytime, probability 1 − α); None: no bound yet."""
@@ -506,10 +639,11 @@ class _EventTest:
             "canary": {"events": self._events(_CANARY), "requests": self.requests[_CANARY]},
             "stable": {"events": self._events(_STABLE), "requests": self.requests[_STABLE]},
             "dropped_by_key_cap": self.dropped_by_key_cap,
+            "observed": _observed(self.observed),
         }
 
     def _events(self, side: int) -> int:
-        return sum(pair[side] for pair in self.counts.values())
+        return self.events[side]
 
 
 # --- amount tests -----------------------------------------------------------------------------
@@ -587,10 +721,10 @@ class _AmountTest:
 
     __slots__ = (
         "name", "label", "value_of", "alpha", "r0", "shift", "log_threshold", "burn_in", "strata",
-        "_stratum", "_stratum_w", "_other_s", "_other_v", "sigma2", "rho", "rejection",
+        "_stratum", "_stratum_w", "_other_s", "_other_v", "sigma2", "rho", "rejection", "observed",
     )  # fmt: skip
 
-    def __init__(self, name: str, test: TestConfig, config: JudgeConfig) -> None:
+    def __init__(self, name: str, test: TestConfig, config: JudgeConfig, observed: list[int]) -> None:
         self.name = name
         self.label = AMOUNT_TESTS[name]
         self.value_of = _VALUE_OF[name]
@@ -607,6 +741,7 @@ class _AmountTest:
         self.sigma2: float | None = None
         self.rho: float | None = None
         self.rejection: Verdict | None = None
+        self.observed = observed
 
     def observe(self, outcome: Outcome, side: int, w: float) -> None:
         y = self.value_of(outcome)
@@ -707,6 +842,7 @@ class _AmountTest:
             "strata": len(self.strata),
             "sigma2": self.sigma2,
             "rho": self.rho,
+            "observed": _observed(self.observed),
         }
 
 
@@ -720,7 +856,10 @@ class Judge:
     well-formed outcome, and is not thread-safe.
     """
 
-    __slots__ = ("config", "_event_tests", "_amount_tests", "_sample_keys", "_latency_threshold")
+    __slots__ = (
+        "config", "_event_tests", "_amount_tests", "_warm_event_tests", "_warm_amount_tests",
+        "_sample_keys", "_latency_threshold", "_observed", "_top_weight", "_warm_from",
+    )  # fmt: skip
 
     def __init__(self, config: JudgeConfig | None = None) -> None:
         self.config = config if config is not None else JudgeConfig()
@@ -730,14 +869,24 @@ class Judge:
         """Forget everything, FAILs and the latency threshold included: a new rollout starts."""
         config = self.config
         enabled = {name: test for name, test in config.tests.items() if test.enabled}
+        self._observed = [0, 0]  # requests taken in, [stable, canary]
         self._event_tests = tuple(
-            _EventTest(name, test, config) for name, test in enabled.items() if name in EVENT_TESTS
+            _EventTest(name, test, config, self._observed)
+            for name, test in enabled.items()
+            if name in EVENT_TESTS
         )
         self._amount_tests = tuple(
-            _AmountTest(name, test, config) for name, test in enabled.items() if name in AMOUNT_TESTS
+            _AmountTest(name, test, config, self._observed)
+            for name, test in enabled.items()
+            if name in AMOUNT_TESTS
         )
+        # During a warm-up only these run: a cold canary is slow, which says nothing about the version.
+        self._warm_event_tests = tuple(t for t in self._event_tests if t.name not in WARM_UP_TESTS)
+        self._warm_amount_tests = tuple(t for t in self._amount_tests if t.name not in WARM_UP_TESTS)
         self._sample_keys = _KeyCap(config.max_samples_per_key, config.key_memory)
         self._latency_threshold: float | None = None
+        self._top_weight = 0.0  # the highest weight seen since the reset
+        self._warm_from = -math.inf  # requests started before this are in a warm-up
 
     def set_latency_threshold(self, seconds: float) -> None:
         """Count a request slower than `seconds` as a latency event from now on.
@@ -762,25 +911,43 @@ class Judge:
         if not 0.0 < w < 1.0:  # all traffic on one version: nothing to compare
             return
         side = _CANARY if outcome.arm is Arm.CANARY else _STABLE
+        self._observed[side] += 1
+        if w > self._top_weight:  # more canary traffic than ever: new instances may start cold
+            self._top_weight = w
+            self._warm_from = outcome.started + self.config.warmup_seconds
+        if outcome.started < self._warm_from:
+            event_tests, amount_tests = self._warm_event_tests, self._warm_amount_tests
+        else:
+            event_tests, amount_tests = self._event_tests, self._amount_tests
         key = outcome.key_hash
         failed = outcome.failed
-        for event_test in self._event_tests:
+        for event_test in event_tests:
             event_test.observe(outcome, failed, side, w, key)
-        if failed or not self._amount_tests:
+        if failed or not amount_tests:
             return
         if key is not None and not self._sample_keys.admit(key):
             return
-        for amount_test in self._amount_tests:
+        for amount_test in amount_tests:
             amount_test.observe(outcome, side, w)
 
     def verdicts(self) -> list[Verdict]:
-        """One verdict per enabled test: FAIL once rejected (until `reset`), else PASS."""
+        """One verdict per enabled test: FAIL once rejected (until `reset`), else PASS.
+
+        The event tests' open blocks are closed first, so the verdicts cover every request observed
+        (at low traffic, a block is then at most one evaluation long).
+        """
+        self._close_blocks()
         verdicts = []
         for event_test in self._event_tests:
             verdicts.append(event_test.rejection or self._event_verdict(event_test))
         for amount_test in self._amount_tests:
             verdicts.append(amount_test.rejection or amount_test.verdict(amount_test.log_e()))
         return verdicts
+
+    def _close_blocks(self) -> None:
+        # A block may end at any time that does not depend on the events in it: the evaluations do.
+        for event_test in self._event_tests:
+            event_test.close_block()
 
     @staticmethod
     def _event_verdict(test: _EventTest) -> Verdict:
@@ -798,6 +965,7 @@ class Judge:
         """
         if not 0.0 < tolerance < math.inf:
             raise ValueError(f"no_worse tolerance must be a positive ratio, got {tolerance!r}")
+        self._close_blocks()
         rejections = [test.rejection for test in self._event_tests]
         rejections += [test.rejection for test in self._amount_tests]
         if any(rejection is not None for rejection in rejections):
@@ -814,6 +982,7 @@ class Judge:
         Per test: the verdict (the evidence at the crossing once FAIL), the numbers now, and for
         event tests the confidence bound on the rate ratio.
         """
+        self._close_blocks()
         tests: dict[str, Any] = {}
         for event_test in self._event_tests:
             current = self._event_verdict(event_test)
