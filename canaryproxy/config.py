@@ -209,6 +209,9 @@ class JudgeSettings(_Strict):
     alpha: float = Field(default=0.01, gt=0, lt=0.5)  # total false-rollback budget, split over tests
     tests: dict[str, JudgeTestConfig] = Field(default_factory=dict)
     max_events_per_key: int = Field(default=3, ge=1)
+    max_samples_per_key: int = Field(default=1, ge=1)  # amount tests: samples per sticky key
+    warmup: Duration = Field(default=20.0, ge=0)  # latency tests skip this long after a weight rise
+    burn_in: int = Field(default=100, ge=100)  # samples per version before an amount test may fire
 
     @field_validator("tests")
     @classmethod
@@ -229,7 +232,13 @@ class JudgeSettings(_Strict):
                 enabled=given.enabled,
                 r0=given.r0,
             )
-        return JudgeConfig(tests=tests, max_events_per_key=self.max_events_per_key)
+        return JudgeConfig(
+            tests=tests,
+            max_events_per_key=self.max_events_per_key,
+            max_samples_per_key=self.max_samples_per_key,
+            warmup_seconds=self.warmup,
+            burn_in=self.burn_in,
+        )
 
 
 class RolloutConfig(_Strict):
