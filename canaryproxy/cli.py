@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -48,6 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         proxy = CanaryProxy(config)
         await proxy.start()
+        # Everything built so far (modules, config, pools, windows' preallocated rings) lives as
+        # long as the process: move it out of the cyclic GC's sight. A full collection then scans
+        # only what requests allocate, and its pauses, which stall every stream at once, drop
+        # from 35-40 ms to under 10 ms at 6,500 req/s (bench/README.md, "Garbage collection").
+        gc.freeze()
         await proxy.run_until_signalled()
 
     uvloop.run(main())
