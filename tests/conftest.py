@@ -3,9 +3,16 @@ from __future__ import annotations
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from canaryproxy.server import CanaryProxy
 from tests.support import ListSink, Upstream, proxy_config
+
+# On a fresh machine Hypothesis builds its Unicode tables the first time a test draws text (about a
+# second, once), and CI machines are shared: time limits on example generation and on each example
+# would fail tests for the machine's sake, not the code's. What a test checks is unchanged.
+settings.register_profile("canaryproxy", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("canaryproxy")
 
 
 @pytest.fixture
