@@ -221,6 +221,13 @@ class JudgeSettings(_Strict):
             raise ValueError(f"unknown judge test {unknown[0]!r}; known tests: {', '.join(DEFAULT_TESTS)}")
         return tests
 
+    @model_validator(mode="after")
+    def _judge_accepts_it(self) -> JudgeSettings:
+        # The judge checks what only it knows (r0 against its alternatives, the α sum): ask it now,
+        # so a bad value is a config error naming the field, not a traceback at start-up.
+        self.to_judge_config()
+        return self
+
     def to_judge_config(self) -> JudgeConfig:
         # The default split is for a 1% budget; scale it to the configured total.
         scale = self.alpha / 0.01

@@ -147,3 +147,10 @@ def test_judge_settings_reach_the_judge_and_bad_ones_name_the_field(tmp_path):
     result = canaryproxy("check-config", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "rollout.judge.burn_in" in result.stderr and "rollout.judge.warmup" in result.stderr, result.stderr
+
+    # What only the judge can check (r0 against its largest alternative) is a config error too.
+    beyond = tmp_path / "beyond-judge.yaml"
+    beyond.write_text(good.read_text().replace("r0: 1.2", "r0: 100"))
+    result = canaryproxy("check-config", str(beyond))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "rollout.judge: invalid judge config: tests.errors.r0 must be below" in result.stderr, result.stderr
