@@ -323,14 +323,10 @@ def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed:
             controller.evaluate()
             next_evaluation += EVALUATE_EVERY
             if record_window is not _record_nowhere and judge is not None and not controller.rules.rules \
-                    and _latency_baseline_fixed(judge):
+                    and judge.latency_threshold is not None:
                 # Nothing reads the windows any more: the rules would, the judge never does.
                 record_window = _record_nowhere
     return _result(scenario, method, run, controller, canary_times, start, seconds, requests)
-
-
-def _latency_baseline_fixed(judge: Judge) -> bool:
-    return judge.summary()["latency_threshold"] is not None
 
 
 def _record_nowhere(outcome: Outcome, t: float) -> None:

@@ -582,14 +582,14 @@ class _EventTest:
             if log_e >= self.log_threshold:
                 self.rejection = self.verdict(log_e)
 
-    def _increments_at(self, w: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        cached = self._increments.get(w)
+    def _increments_at(self, share: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        cached = self._increments.get(share)
         if cached is None:
-            theta0 = _canary_share(w, self.r0)
-            thetas = [_canary_share(w, ratio) for ratio in self._ratios]
+            theta0 = _canary_share(share, self.r0)
+            thetas = [_canary_share(share, ratio) for ratio in self._ratios]
             stable = tuple(math.log1p(-theta) - math.log1p(-theta0) for theta in thetas)
             canary = tuple(math.log(theta / theta0) for theta in thetas)
-            cached = self._increments[w] = (stable, canary)
+            cached = self._increments[share] = (stable, canary)
         return cached
 
     def log_e(self) -> float:
@@ -636,14 +636,11 @@ class _EventTest:
             "alpha": self.alpha,
             "r0": self.r0,
             "ratio": _ratio_estimate(self.counts),
-            "canary": {"events": self._events(_CANARY), "requests": self.requests[_CANARY]},
-            "stable": {"events": self._events(_STABLE), "requests": self.requests[_STABLE]},
+            "canary": {"events": self.events[_CANARY], "requests": self.requests[_CANARY]},
+            "stable": {"events": self.events[_STABLE], "requests": self.requests[_STABLE]},
             "dropped_by_key_cap": self.dropped_by_key_cap,
             "observed": _observed(self.observed),
         }
-
-    def _events(self, side: int) -> int:
-        return self.events[side]
 
 
 # --- amount tests -----------------------------------------------------------------------------
@@ -887,6 +884,11 @@ class Judge:
         self._latency_threshold: float | None = None
         self._top_weight = 0.0  # the highest weight seen since the reset
         self._warm_from = -math.inf  # requests started before this are in a warm-up
+
+    @property
+    def latency_threshold(self) -> float | None:
+        """Seconds above which a request counts as slow; None until set."""
+        return self._latency_threshold
 
     def set_latency_threshold(self, seconds: float) -> None:
         """Count a request slower than `seconds` as a latency event from now on.
