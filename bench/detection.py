@@ -573,7 +573,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=1000, help="rollouts per scenario and method")
     parser.add_argument("--scenarios", default="",
-                        help=f"comma-separated, default all: {', '.join(SCENARIOS)}")
+                        help="comma-separated, default all: " + ", ".join(SCENARIOS).replace("%", "%%"))
     parser.add_argument("--methods", default=",".join(METHODS), help="judge, thresholds or both")
     parser.add_argument("--plan", choices=("fixed", "staged"), default="fixed")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")

@@ -41,3 +41,12 @@ def test_the_oracle_needs_fewer_requests_for_a_bigger_regression() -> None:
     assert set(medians) == {("x2", "0.006"), ("x2", "0.01"), ("x3", "0.006"), ("x3", "0.01")}
     assert medians["x3", "0.006"] < medians["x2", "0.006"] / 2
     assert medians["x2", "0.01"] < medians["x2", "0.006"] * 1.1  # a larger α never costs more
+
+
+def test_help_names_every_scenario() -> None:
+    # Scenario names contain "%" ("errors 50%"), which argparse's help formatting would choke on.
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "detection.py"), "--help"], capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "errors 50%" in " ".join(done.stdout.split())
