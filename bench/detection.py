@@ -87,6 +87,10 @@ COMPLETION_MEDIAN, COMPLETION_USER_SIGMA, COMPLETION_SIGMA = 250.0, 0.3, 0.6
 CHARS_PER_TOKEN = 4
 GUARDRAIL_RATE = 0.005
 GUARDRAIL = ("moderation",)
+# One user in 50 is "hard": in the scenario "hard users" their prompts (long documents, odd
+# inputs) fail more often on either version. Chosen by key hash, so independent of activity and
+# of the arm (the splitter hashes the key again with BLAKE2b).
+HARD_USER_MODULUS = 50
 
 # The operator rules of config/example.yaml: what a user without the judge would write.
 THRESHOLD_RULES = (
@@ -119,6 +123,7 @@ class Behaviour:
     tail_scale: float = 1.0  # multiplies the slowest 5% once more
     tokens_scale: float = 1.0  # multiplies prompt and completion tokens
     guardrail_rate: float = GUARDRAIL_RATE
+    hard_user_error_factor: float = 1.0  # multiplies the failure rate of the hard users' requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,13 @@ def _cold_start(setup: Setup, t: float, since_increase: float) -> Behaviour:
     return Behaviour(setup.base_error)
 
 
+HARD_USER_FACTOR = 10.0
+
+
+def _hard_users(setup: Setup, t: float, since_increase: float) -> Behaviour:
+    return Behaviour(setup.base_error, hard_user_error_factor=HARD_USER_FACTOR)
+
+
 def _scenarios() -> dict[str, Scenario]:
     regressions = [
         ("errors x1.5", "failures 1.5x stable's", _steady(error_factor=1.5)),
@@ -208,6 +220,8 @@ def _scenarios() -> dict[str, Scenario]:
          _drift, _drift),
         ("cold start", f"the canary's first {COLD_SECONDS:g} s after each weight increase: latency "
          f"x{COLD_LATENCY:g} and failures x{COLD_ERRORS:g}", _cold_start, _healthy),
+        ("hard users (shared)", f"one user in {HARD_USER_MODULUS} fails {HARD_USER_FACTOR:g}x as often, "
+         "on both versions (correlated failures within a user)", _hard_users, _hard_users),
     ]
     scenarios = [Scenario(name, True, text, canary, _healthy) for name, text, canary in regressions]
     scenarios += [Scenario(name, False, text, canary, stable) for name, text, canary, stable in healthy]
@@ -323,7 +337,7 @@ def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed:
             controller.evaluate()
             next_evaluation += EVALUATE_EVERY
             if record_window is not _record_nowhere and judge is not None and not controller.rules.rules \
-                    and judge.latency_threshold is not None:
+                    and judge.latency_thresholds is not None:
                 # Nothing reads the windows any more: the rules would, the judge never does.
                 record_window = _record_nowhere
     return _result(scenario, method, run, controller, canary_times, start, seconds, requests)
@@ -360,9 +374,11 @@ def _start_second(
         started = second_start + (index + 0.5) * spacing
         key = hashes[user]
         arm = choose(key)
-        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate = (
+        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor = (
             canary_profile if arm is _CANARY else stable_profile
         )
+        if hard_factor != 1.0 and key % HARD_USER_MODULUS == 0:
+            error_rate *= hard_factor
         z = normals[bits(_NORMAL_BITS)]
         latency = exp(log_latency + LATENCY_SIGMA * z)
         if z > TAIL_QUANTILE_Z:
@@ -407,13 +423,14 @@ _LOG_PROMPT = math.log(PROMPT_MEDIAN)
 _LOG_COMPLETION = math.log(COMPLETION_MEDIAN)
 
 
-def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float]:
+def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float]:
     return (
         behaviour.error_rate,
         math.log(LATENCY_MEDIAN * behaviour.latency_scale),
         behaviour.tail_scale,
         math.log(behaviour.tokens_scale),
         behaviour.guardrail_rate,
+        behaviour.hard_user_error_factor,
     )
 
 

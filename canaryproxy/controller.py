@@ -50,8 +50,9 @@ from canaryproxy.state import StateStore
 log = logging.getLogger("canaryproxy.controller")
 decision_log = logging.getLogger("canaryproxy.decisions")
 
-# Stable's p95 latency for the judge's latency test is fixed from this much of stable's traffic,
-# once it has at least this many requests.
+# Stable's p95 and p99 latency for the judge's latency tests are fixed from this much of stable's
+# traffic, once it has at least this many requests. (Few requests make a noisy p99; that costs the
+# tail test power, never validity: any threshold fixed before the test looks is a valid one.)
 LATENCY_BASELINE_SPAN = 300.0
 LATENCY_BASELINE_MIN_REQUESTS = 100
 
@@ -226,15 +227,16 @@ class Controller:
         return verdicts
 
     def _fix_latency_baseline(self, source: WindowSource, t: float) -> None:
-        """The judge's latency threshold: stable's p95, fixed once, never from the data under test."""
+        """The judge's latency thresholds: stable's p95 and p99, fixed once, never from the data
+        under test."""
         assert self.judge is not None
         stable = source.snapshot(Arm.STABLE, min(LATENCY_BASELINE_SPAN, self.windows.config.span_seconds), t)
-        p95 = stable.metric("latency_p95")
-        if p95.value is not None and p95.samples >= LATENCY_BASELINE_MIN_REQUESTS:
-            self.judge.set_latency_threshold(p95.value)
+        p95, p99 = stable.metric("latency_p95"), stable.metric("latency_p99")
+        if p95.value is not None and p99.value is not None and p95.samples >= LATENCY_BASELINE_MIN_REQUESTS:
+            self.judge.set_latency_thresholds(p95.value, max(p99.value, p95.value))
             self._latency_baseline_needed = False
-            log.info("judge latency threshold fixed at stable's p95 = %.1f ms (n=%d)",
-                     p95.value * 1000, p95.samples)
+            log.info("judge latency thresholds fixed at stable's p95 = %.1f ms, p99 = %.1f ms (n=%d)",
+                     p95.value * 1000, p99.value * 1000, p95.samples)
 
     # --- the operator's side -----------------------------------------------------------------------
 

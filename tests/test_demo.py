@@ -85,7 +85,7 @@ async def test_the_live_view_redraws_in_place_and_shows_the_outcome():
     assert "\x1b[36mprogressing\x1b[0m" in last and "\x1b[1;33mSTOPPED\x1b[0m after" in last
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
     assert "stages  5% [" in text and "error rate" in text and "ttft p95" in text
-    assert "\n  errors " in text and "judge: 9 of 9 tests pass" in text
+    assert "\n  errors " in text and "judge: 10 of 10 tests pass" in text
     assert result.reason.startswith("stopped at stage 1 of 3 at 5%") and result.reason in text.replace("\n       ", " ")
     await _assert_closed(result.admin_url)
 

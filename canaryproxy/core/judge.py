@@ -10,9 +10,10 @@ chance it ever reaches 1/α by α. The formulas are in decision-engine.md, secti
 Two kinds of tests
 ------------------
 *Event tests* (conditional-label mixture; O(1) per request and O(J) per block of requests with
-an event, J alternatives): failed requests (`errors`), requests slower than a fixed latency
-threshold (`latency`), guardrail interventions (`guardrail`), schema failures (`schema`),
-truncated responses (`truncation`). Each event is labelled Z = 1 when the canary served it. If
+an event, J alternatives): failed requests (`errors`), requests slower than stable's p95
+(`latency`) and than stable's p99 (`latency_tail`), both fixed before the test looks,
+guardrail interventions (`guardrail`), schema failures (`schema`), truncated responses
+(`truncation`). Each event is labelled Z = 1 when the canary served it. If
 the canary's event rate per request is at most r₀ times stable's and the canary serves a share q
 of the requests, P(Z = 1) ≤ θ₀ = q·r₀ / (q·r₀ + 1 − q) whatever the traffic level does, so
 bursts and outages that hit both versions cancel out.
@@ -71,7 +72,7 @@ Choices worth knowing
   below 1.4× are not worth prior mass: at 5% weight they need more traffic than a rollout has.
 * **Warm-up.** After each weight increase (the first traffic included) the canary may run on
   cold instances: slow while caches and compiled kernels warm up. The latency tests (`latency`,
-  `log_latency`, `WARM_UP_TESTS`) skip the requests that start within `warmup_seconds` (default
+  `latency_tail`, `log_latency`: `WARM_UP_TESTS`) skip the requests that start within `warmup_seconds` (default
   20 s) of the first request at the new weight. The other tests keep counting: a failed request
   or a longer answer is the version's doing, warm or cold, and the error goals need every canary
   request from the first (an errors warm-up would cost a 3× regression a fifth of its detection
@@ -92,8 +93,8 @@ Choices worth knowing
   its own test, and its duration (a quick 502, a 60 s timeout) says nothing about serving speed.
 * **α split (Bonferroni, valid under continuous monitoring).** The default 1% family budget:
 
-      errors 0.6%   latency 0.2%   guardrail 0.08%   schema 0.04%   tokens 0.05%
-      truncation 0.01%   output_length 0.01%   cost 0.005%   log_latency 0.005%
+      errors 0.6%   latency 0.2%   latency_tail 0.04%   guardrail 0.06%   schema 0.02%
+      tokens 0.05%   truncation 0.01%   output_length 0.01%   cost 0.005%   log_latency 0.005%
 
   The tests with goals keep most of it; the threshold is log(1/α), so every halving of a test's α
   costs only log 2 ≈ 0.7 nats of evidence. Truncation is inside `errors` already (a truncated body
@@ -101,11 +102,17 @@ Choices worth knowing
   exceedance test: they are cross-checks and get little. Tokens fire at the burn-in for a 1.5×
   change even at 0.05%. A disabled test's share is simply not spent; `JudgeConfig.family_alpha` is
   the sum over enabled tests.
-* **Latency threshold.** `set_latency_threshold` takes stable's p95 fixed before the canary gets
-  traffic or taken from stable's window at a stage start, never re-estimated from the data under
-  test. Until it is set the latency test is inactive. Evidence gathered under an earlier threshold
+* **Latency thresholds.** `set_latency_thresholds` takes stable's p95 and p99 fixed before the
+  canary gets traffic or taken from stable's window at a stage start, never re-estimated from the
+  data under test. Until they are set the two latency event tests are inactive. Evidence gathered under an earlier threshold
   is kept: the null ("canary exceeds at most r₀× as often as stable") is checked per event under the
   threshold in force then.
+* **The tail.** A canary whose slowest few percent get much slower (a long-context path, a
+  retry inside the server) barely moves the share above stable's p95: its slow requests were
+  above it already. `latency_tail` counts the requests above stable's p99 instead, where such a
+  canary goes from 1% to several times that (bench/detection.py, "latency tail x2": detected in
+  under 1% of rollouts by the p95 test alone). Any fixed threshold keeps the test valid; a noisy
+  p99 only costs power. It gets a small α: a tail regression is large when it is there at all.
 * **Confidence sequence.** `no_worse(tolerance)` inverts the event tests: for each ratio g on a grid
   (1/4 to 16, 8 steps per doubling) an e-process against "ratio ≥ g", with alternatives below g, is
   evaluated when asked; a g whose e-value reaches 1/α stays excluded until `reset()`. The upper
@@ -162,6 +169,7 @@ EVENT_TESTS: Mapping[str, str] = MappingProxyType(
     {
         "errors": "failed requests",
         "latency": "slow requests",
+        "latency_tail": "very slow requests",
         "guardrail": "guardrail interventions",
         "schema": "schema failures",
         "truncation": "truncated responses",
@@ -176,13 +184,16 @@ AMOUNT_TESTS: Mapping[str, str] = MappingProxyType(
     }
 )
 # The tests a cold start fails, which skip the requests that start during a warm-up.
-WARM_UP_TESTS = frozenset({"latency", "log_latency"})
+WARM_UP_TESTS = frozenset({"latency", "latency_tail", "log_latency"})
+# The event tests that wait for stable's latency quantiles (set_latency_thresholds).
+_LATENCY_EVENT_TESTS = ("latency", "latency_tail")
 DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
     {
         "errors": TestConfig(alpha=0.006),
         "latency": TestConfig(alpha=0.002),
-        "guardrail": TestConfig(alpha=0.0008),
-        "schema": TestConfig(alpha=0.0004),
+        "latency_tail": TestConfig(alpha=0.0004),
+        "guardrail": TestConfig(alpha=0.0006),
+        "schema": TestConfig(alpha=0.0002),
         "truncation": TestConfig(alpha=0.0001),
         "tokens": TestConfig(alpha=0.0005),
         "output_length": TestConfig(alpha=0.0001),
@@ -483,7 +494,8 @@ def _slower_than(threshold: float) -> EventOf:
 _EVENT_OF: Mapping[str, EventOf] = MappingProxyType(
     {
         "errors": _failed,
-        "latency": _not_eligible,  # until set_latency_threshold
+        "latency": _not_eligible,  # until set_latency_thresholds
+        "latency_tail": _not_eligible,
         "guardrail": _guardrail,
         "schema": _schema_failed,
         "truncation": _truncated,
@@ -504,7 +516,7 @@ class _EventTest:
         self.name = name
         self.label = EVENT_TESTS[name]
         self.event_of = _EVENT_OF[name]
-        self.active = name != "latency"
+        self.active = name not in _LATENCY_EVENT_TESTS
         self.alpha = test.alpha
         self.r0 = test.r0
         self.log_threshold = math.log(1.0 / test.alpha)
@@ -855,7 +867,7 @@ class Judge:
 
     __slots__ = (
         "config", "_event_tests", "_amount_tests", "_warm_event_tests", "_warm_amount_tests",
-        "_sample_keys", "_latency_threshold", "_observed", "_top_weight", "_warm_from",
+        "_sample_keys", "_latency_thresholds", "_observed", "_top_weight", "_warm_from",
     )  # fmt: skip
 
     def __init__(self, config: JudgeConfig | None = None) -> None:
@@ -863,7 +875,7 @@ class Judge:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything, FAILs and the latency threshold included: a new rollout starts."""
+        """Forget everything, FAILs and the latency thresholds included: a new rollout starts."""
         config = self.config
         enabled = {name: test for name, test in config.tests.items() if test.enabled}
         self._observed = [0, 0]  # requests taken in, [stable, canary]
@@ -881,26 +893,32 @@ class Judge:
         self._warm_event_tests = tuple(t for t in self._event_tests if t.name not in WARM_UP_TESTS)
         self._warm_amount_tests = tuple(t for t in self._amount_tests if t.name not in WARM_UP_TESTS)
         self._sample_keys = _KeyCap(config.max_samples_per_key, config.key_memory)
-        self._latency_threshold: float | None = None
+        self._latency_thresholds: tuple[float, float] | None = None
         self._top_weight = 0.0  # the highest weight seen since the reset
         self._warm_from = -math.inf  # requests started before this are in a warm-up
 
     @property
-    def latency_threshold(self) -> float | None:
-        """Seconds above which a request counts as slow; None until set."""
-        return self._latency_threshold
+    def latency_thresholds(self) -> tuple[float, float] | None:
+        """(slow, very slow) in seconds: the `latency` and `latency_tail` events; None until set."""
+        return self._latency_thresholds
 
-    def set_latency_threshold(self, seconds: float) -> None:
-        """Count a request slower than `seconds` as a latency event from now on.
+    def set_latency_thresholds(self, p95: float, p99: float) -> None:
+        """Count a request slower than `p95` as a `latency` event and one slower than `p99` as a
+        `latency_tail` event from now on.
 
-        Take stable's p95 from before the canary got traffic, or from stable's window at a stage
-        start; never from the data being tested.
+        Take stable's quantiles from before the canary got traffic, or from stable's window at a
+        stage start; never from the data being tested.
         """
-        if not 0.0 < seconds < math.inf:
-            raise ValueError(f"latency threshold must be a positive number of seconds, got {seconds!r}")
-        self._latency_threshold = seconds
+        for name, seconds in (("p95", p95), ("p99", p99)):
+            if not 0.0 < seconds < math.inf:
+                raise ValueError(f"latency threshold {name} must be a positive number of seconds, got {seconds!r}")
+        if p99 < p95:
+            raise ValueError(f"latency threshold p99 ({p99!r} s) must not be below p95 ({p95!r} s)")
+        self._latency_thresholds = (p95, p99)
+        thresholds = dict(zip(_LATENCY_EVENT_TESTS, (p95, p99)))
         for test in self._event_tests:
-            if test.name == "latency":
+            seconds = thresholds.get(test.name)
+            if seconds is not None:
                 test.event_of = _slower_than(seconds)
                 test.label = f"requests slower than {seconds:.3g} s"
                 test.active = True
@@ -954,7 +972,7 @@ class Judge:
     @staticmethod
     def _event_verdict(test: _EventTest) -> Verdict:
         if not test.active:
-            reason = f"judge: {test.label} test inactive until a latency threshold is set"
+            reason = f"judge: {test.label} test inactive until latency thresholds are set"
             return Verdict(source=f"judge:{test.name}", status=Status.PASS, reason=reason)
         return test.verdict(test.log_e())
 
@@ -999,7 +1017,10 @@ class Judge:
         config = self.config
         return {
             "family_alpha": config.family_alpha,
-            "latency_threshold": self._latency_threshold,
+            "latency_thresholds": (
+                None if self._latency_thresholds is None
+                else dict(zip(("p95", "p99"), self._latency_thresholds))
+            ),
             "max_events_per_key": config.max_events_per_key,
             "max_samples_per_key": config.max_samples_per_key,
             "burn_in": config.burn_in,

@@ -240,7 +240,7 @@ def test_pass_reason_says_there_is_no_evidence() -> None:
         "(e-value 0.982 < 167; canary 1 events / 1 req, stable 1 / 2)"
     )
     assert verdict(judge, "guardrail").reason == (
-        "judge: guardrail interventions: none yet (e-value 1 < 1,250; canary 0 events / 1 req, stable 0 / 2)"
+        "judge: guardrail interventions: none yet (e-value 1 < 1,667; canary 0 events / 1 req, stable 0 / 2)"
     )
 
 
@@ -337,10 +337,10 @@ def test_latency_test_is_inactive_until_a_threshold_is_set() -> None:
     feed(judge, [request(True, 50.0, latency=30.0) for _ in range(50)])
     inactive = verdict(judge, "latency")
     assert inactive.status is Status.PASS
-    assert inactive.reason == "judge: slow requests test inactive until a latency threshold is set"
+    assert inactive.reason == "judge: slow requests test inactive until latency thresholds are set"
     assert judge.summary()["tests"]["latency"]["active"] is False
 
-    judge.set_latency_threshold(2.5)
+    judge.set_latency_thresholds(2.5, 4.0)
     feed(judge, [error(True, 50.0, latency=30.0) for _ in range(50)])  # failures are not latency events
     feed(judge, [request(False, 50.0, latency=1.0) for _ in range(50)])
     assert now(judge, "latency")["canary"] == {"events": 0, "requests": 0}
@@ -352,7 +352,7 @@ def test_latency_test_is_inactive_until_a_threshold_is_set() -> None:
 
 def test_latency_tests_skip_the_warm_up_after_each_weight_increase_and_errors_do_not() -> None:
     judge = Judge(only("errors", "latency", "log_latency"))  # the default warm-up: 20 s
-    judge.set_latency_threshold(2.0)
+    judge.set_latency_thresholds(2.0, 4.0)
 
     def slow_canary(started: float, weight: float = 5.0, **fields) -> Outcome:
         return request(True, weight, started=started, latency=5.0, **fields)
@@ -378,17 +378,48 @@ def test_latency_tests_skip_the_warm_up_after_each_weight_increase_and_errors_do
     assert judge.summary()["tests"]["log_latency"]["now"]["canary"] == {"samples": 4}
 
 
+def test_a_slower_tail_is_caught_above_stable_p99_where_the_p95_test_sees_little() -> None:
+    # Latencies lognormal (median 2 s, sigma 0.35); the canary's slowest 5% twice as slow, the rest
+    # unchanged: above p95 the canary's share is unchanged (5%), above p99 it is 5% instead of 1%.
+    rng = random.Random(7)
+    p95, p99 = 2.0 * math.exp(0.35 * 1.6449), 2.0 * math.exp(0.35 * 2.3263)
+    judge = Judge(only("latency", "latency_tail", warmup_seconds=0.0))
+    judge.set_latency_thresholds(p95, p99)
+    canary_requests = 0
+    for _ in range(40_000):
+        canary = rng.random() < 0.05
+        z = rng.gauss(0.0, 1.0)
+        latency = 2.0 * math.exp(0.35 * z) * (2.0 if canary and z > 1.6449 else 1.0)
+        judge.observe(request(canary, 5.0, latency=latency))
+        canary_requests += canary
+        if canary_requests % 50 == 0 and verdict(judge, "latency_tail").status is Status.FAIL:
+            break
+    tail = verdict(judge, "latency_tail")
+    assert tail.status is Status.FAIL
+    assert tail.reason.startswith(f"judge: requests slower than {p99:.3g} s canary ")
+    assert canary_requests < 600
+    assert verdict(judge, "latency").status is Status.PASS
+
+
 @pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan, math.inf])
-def test_latency_threshold_must_be_a_positive_duration(seconds: float) -> None:
-    with pytest.raises(ValueError, match="latency threshold must be a positive number of seconds"):
-        Judge().set_latency_threshold(seconds)
+def test_latency_thresholds_must_be_positive_durations(seconds: float) -> None:
+    with pytest.raises(ValueError, match="latency threshold p95 must be a positive number of seconds"):
+        Judge().set_latency_thresholds(seconds, 1.0)
+    with pytest.raises(ValueError, match="latency threshold p99 must be a positive number of seconds"):
+        Judge().set_latency_thresholds(1.0, seconds)
 
 
-def test_reset_forgets_the_latency_threshold() -> None:
+def test_latency_thresholds_p99_must_not_be_below_p95() -> None:
+    with pytest.raises(ValueError, match=r"latency threshold p99 \(1.0 s\) must not be below p95 \(2.0 s\)"):
+        Judge().set_latency_thresholds(2.0, 1.0)
+
+
+def test_reset_forgets_the_latency_thresholds() -> None:
     judge = Judge(only("latency"))
-    judge.set_latency_threshold(1.0)
+    judge.set_latency_thresholds(1.0, 2.0)
+    assert judge.summary()["latency_thresholds"] == {"p95": 1.0, "p99": 2.0}
     judge.reset()
-    assert judge.summary()["latency_threshold"] is None
+    assert judge.summary()["latency_thresholds"] is None
     assert "inactive" in verdict(judge, "latency").reason
 
 
@@ -420,7 +451,7 @@ def test_no_worse_needs_every_event_test_active() -> None:
     judge = Judge(only("errors", "latency", warmup_seconds=0.0))
     feed(judge, traffic(seed=5, weight=50.0, ratio=0.5, requests=30_000))
     assert not judge.no_worse(2.0)  # the latency test has no threshold, so no bound
-    judge.set_latency_threshold(10.0)
+    judge.set_latency_thresholds(10.0, 20.0)
     feed(judge, [request(i % 2 == 0, 50.0, latency=20.0 if i % 4 == 1 else 1.0) for i in range(12_000)])
     assert judge.no_worse(2.0)
 
@@ -518,8 +549,8 @@ def test_unknown_test_name_lists_the_known_ones() -> None:
     with pytest.raises(ValueError) as raised:
         JudgeConfig(tests={"erors": TestConfig(alpha=0.01)})
     assert str(raised.value) == (
-        "judge.tests: unknown test 'erors'; known tests: errors, latency, guardrail, schema, "
-        "truncation, tokens, output_length, cost, log_latency"
+        "judge.tests: unknown test 'erors'; known tests: errors, latency, latency_tail, guardrail, "
+        "schema, truncation, tokens, output_length, cost, log_latency"
     )
 
 
@@ -552,13 +583,13 @@ def test_named_tests_override_defaults_and_disabled_tests_give_no_verdict() -> N
     judge = Judge(config)
     sources = [v.source for v in judge.verdicts()]
     assert "judge:cost" not in sources
-    assert len(sources) == 8
+    assert len(sources) == 9
     assert judge.summary()["disabled"] == ["cost"]
 
 
 def test_summary_is_json_safe_after_a_canary_only_failure() -> None:
     judge = Judge()
-    judge.set_latency_threshold(1.0)
+    judge.set_latency_thresholds(1.0, 2.0)
     # No stable events: the ratio is unbounded.
     feed(judge, [o for _ in range(20) for o in (error(True, 50.0), request(False, 50.0))])
     summary = json.loads(json.dumps(judge.summary(), allow_nan=False))
