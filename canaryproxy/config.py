@@ -211,6 +211,8 @@ class JudgeSettings(_Strict):
     max_events_per_key: int = Field(default=3, ge=1)
     max_samples_per_key: int = Field(default=1, ge=1)  # amount tests: samples per sticky key
     warmup: Duration = Field(default=20.0, ge=0)  # latency tests skip this long after a weight rise
+    # ...and the other event tests accept a canary up to this many times worse meanwhile (x r0).
+    warmup_tolerance: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     burn_in: int = Field(default=100, ge=100)  # samples per version before an amount test may fire
 
     @field_validator("tests")
@@ -244,6 +246,7 @@ class JudgeSettings(_Strict):
             max_events_per_key=self.max_events_per_key,
             max_samples_per_key=self.max_samples_per_key,
             warmup_seconds=self.warmup,
+            warmup_tolerance=self.warmup_tolerance,
             burn_in=self.burn_in,
         )
 

@@ -134,19 +134,21 @@ def test_judge_settings_reach_the_judge_and_bad_ones_name_the_field(tmp_path):
         upstreams: {stable: "http://127.0.0.1:1", canary: "http://127.0.0.1:2"}
         rollout:
           stages: [{weight: 5, hold: 1m}]
-          judge: {alpha: 0.02, max_samples_per_key: 2, warmup: 45s, burn_in: 200,
+          judge: {alpha: 0.02, max_samples_per_key: 2, warmup: 45s, warmup_tolerance: 3, burn_in: 200,
                   tests: {errors: {r0: 1.2}, cost: {enabled: false}}}
     """))
     judge = load(good, {}).rollout.judge.to_judge_config()
-    assert (judge.max_samples_per_key, judge.warmup_seconds, judge.burn_in) == (2, 45.0, 200)
+    assert (judge.max_samples_per_key, judge.warmup_seconds, judge.warmup_tolerance, judge.burn_in) == (2, 45.0, 3.0, 200)
     assert judge.tests["errors"].r0 == 1.2 and judge.tests["errors"].alpha == 0.012  # 0.6% of 1%, scaled
     assert not judge.tests["cost"].enabled
 
     bad = tmp_path / "bad-judge.yaml"
-    bad.write_text(good.read_text().replace("burn_in: 200", "burn_in: 20").replace("warmup: 45s", "warmup: -1s"))
+    bad.write_text(good.read_text().replace("burn_in: 200", "burn_in: 20").replace("warmup: 45s", "warmup: -1s")
+                   .replace("warmup_tolerance: 3", "warmup_tolerance: 0.5"))
     result = canaryproxy("check-config", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "rollout.judge.burn_in" in result.stderr and "rollout.judge.warmup" in result.stderr, result.stderr
+    assert "rollout.judge.burn_in" in result.stderr and "rollout.judge.warmup:" in result.stderr, result.stderr
+    assert "rollout.judge.warmup_tolerance" in result.stderr, result.stderr
 
     # What only the judge can check (r0 against its largest alternative) is a config error too.
     beyond = tmp_path / "beyond-judge.yaml"

@@ -71,13 +71,19 @@ Choices worth knowing
   currency of evidence, which comes slowly for small ratios and fast for large ones. Ratios
   below 1.4× are not worth prior mass: at 5% weight they need more traffic than a rollout has.
 * **Warm-up.** After each weight increase (the first traffic included) the canary may run on
-  cold instances: slow while caches and compiled kernels warm up. The latency tests (`latency`,
-  `latency_tail`, `log_latency`: `WARM_UP_TESTS`) skip the requests that start within `warmup_seconds` (default
-  20 s) of the first request at the new weight. The other tests keep counting: a failed request
-  or a longer answer is the version's doing, warm or cold, and the error goals need every canary
-  request from the first (an errors warm-up would cost a 3× regression a fifth of its detection
-  time at 5%). The price: a cold start that also fails twice as often for its first 20 s is
-  rolled back in 2% of rollouts (bench/detection.py); one that fails more is rolled back sooner.
+  cold instances: slow while caches and compiled kernels warm up, and failing a little more while
+  they do. For the requests that start within `warmup_seconds` (default 20 s) of the first
+  request at the new weight, the latency tests (`latency`, `latency_tail`, `log_latency`:
+  `WARM_UP_TESTS`) skip them, and the other event tests judge their blocks against a null widened
+  to r₀ × `warmup_tolerance` (default 2): a cold canary failing up to twice as often adds no
+  evidence, one failing far more (half its requests) still adds plenty and is rolled back within
+  the warm-up. Measured (bench/detection.py, 200 rollouts each): a cold start with latency ×3
+  and failures ×2 for 20 s was rolled back in 1.5% of rollouts without the tolerance and in none
+  with it; the price is the warm-up's evidence on mild regressions — errors ×3 is caught after a
+  median of 668 canary requests instead of 560 (about 20 s later at 5 canary requests/s), 50%
+  failing after 14 instead of 10. Skipping the warm-up entirely for errors would lose the fast
+  catch of a canary that fails outright. Amount tests other than latency keep counting: a longer
+  answer is the version's doing, warm or cold.
 * **Stratified by weight.** The amount tests keep Welford moments per (weight, arm) and combine the
   strata with inverse-variance weights: s = Σ Δ_k/V_k, v = Σ 1/V_k, the sufficient statistics of a
   common shift across strata. With one weight this is exactly Δ/V and 1/V. Pooling across weights
@@ -215,6 +221,8 @@ class JudgeConfig:
     key_memory: int = 50_000  # keys per generation of a per-key count (two generations kept)
     burn_in: int = 100  # samples per version in a stratum before an amount test may fire
     warmup_seconds: float = 20.0  # after each weight increase, the latency tests skip this long
+    # ...and the other event tests accept a canary up to this many times worse (× r0) meanwhile.
+    warmup_tolerance: float = 2.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tests) - set(DEFAULT_TESTS))
@@ -252,6 +260,8 @@ class JudgeConfig:
         for name in ("alternatives", "max_events_per_key", "max_samples_per_key", "key_memory"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not 1.0 <= self.warmup_tolerance < math.inf:
+            problems.append(f"warmup_tolerance must be a ratio >= 1, got {self.warmup_tolerance!r}")
         if not 0.0 <= self.warmup_seconds < math.inf:
             problems.append(
                 f"warmup_seconds must be a finite number of seconds >= 0, got {self.warmup_seconds!r}"
@@ -508,8 +518,8 @@ class _EventTest:
 
     __slots__ = (
         "name", "label", "event_of", "active", "alpha", "r0", "log_threshold", "_ratios", "_log_weights",
-        "_cs_shrinks", "_log_l", "_increments", "counts", "_block", "_block_w", "requests", "events",
-        "dropped_by_key_cap", "_keys", "rejection", "_cs_index", "observed",
+        "_cs_shrinks", "_log_l", "_increments", "counts", "_block", "_block_w", "_block_cold", "requests",
+        "events", "dropped_by_key_cap", "_keys", "rejection", "_cs_index", "observed", "_cold_null",
     )  # fmt: skip
 
     def __init__(self, name: str, test: TestConfig, config: JudgeConfig, observed: list[int]) -> None:
@@ -521,19 +531,21 @@ class _EventTest:
         self.r0 = test.r0
         self.log_threshold = math.log(1.0 / test.alpha)
         self._ratios = _geometric_range(_SMALLEST_ALTERNATIVE * test.r0, config.max_ratio, config.alternatives)
+        self._cold_null = test.r0 * config.warmup_tolerance  # the null ratio of a warm-up's blocks
         self._log_weights = _mixture_log_weights(self._ratios)
         self._cs_shrinks = _geometric_range(1.1, config.max_ratio, config.alternatives)
         self._log_l = [0.0] * config.alternatives
-        # Increments of log L_j for one stable and one canary event at each canary share: a block's
-        # share is k / n for its n <= _BLOCK_REQUESTS requests, so there are few of them.
-        self._increments: dict[float, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        # Increments of log L_j for one stable and one canary event at each (canary share, warm-up):
+        # a block's share is k / n for its n <= _BLOCK_REQUESTS requests, so there are few of them.
+        self._increments: dict[tuple[float, bool], tuple[tuple[float, ...], tuple[float, ...]]] = {}
         # Events of the closed blocks per canary share, [stable, canary]: sufficient for the e-value,
         # the ratio estimate and the confidence sequence.
         self.counts: dict[float, list[int]] = {}
         # The open block: [stable requests, canary requests, stable events, canary events], all
-        # routed at weight _block_w and from keys under the cap.
+        # routed at weight _block_w, from keys under the cap, all in a warm-up (_block_cold) or none.
         self._block = [0, 0, 0, 0]
         self._block_w = -1.0
+        self._block_cold = False
         self.requests = [0, 0]  # requests this test looks at, [stable, canary]
         self.events = [0, 0]  # events counted (under the key cap), [stable, canary]
         self.dropped_by_key_cap = 0
@@ -542,7 +554,8 @@ class _EventTest:
         self._cs_index = len(_CS_GRID)  # every grid ratio from here up is excluded
         self.observed = observed  # the judge's requests taken in, [stable, canary]: shared, live
 
-    def observe(self, outcome: Outcome, failed: bool, side: int, w: float, key: int | None) -> None:
+    def observe(self, outcome: Outcome, failed: bool, side: int, w: float, key: int | None,
+                cold: bool = False) -> None:
         event = self.event_of(outcome, failed)
         if event is None:
             return
@@ -551,9 +564,10 @@ class _EventTest:
             if event:
                 self.dropped_by_key_cap += 1
             return
-        if w != self._block_w:
+        if w != self._block_w or cold is not self._block_cold:
             self.close_block()
             self._block_w = w
+            self._block_cold = cold
         block = self._block
         block[side] += 1
         if event:
@@ -583,7 +597,7 @@ class _EventTest:
             pair = self.counts[share] = [0, 0]
         pair[_STABLE] += stable_events
         pair[_CANARY] += canary_events
-        stable_step, canary_step = self._increments_at(share)
+        stable_step, canary_step = self._increments_at(share, self._block_cold)
         log_l = self._log_l = [
             value + stable_events * stable + canary_events * canary
             for value, stable, canary in zip(self._log_l, stable_step, canary_step, strict=True)
@@ -594,14 +608,23 @@ class _EventTest:
             if log_e >= self.log_threshold:
                 self.rejection = self.verdict(log_e)
 
-    def _increments_at(self, share: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        cached = self._increments.get(share)
+    def _increments_at(self, share: float, cold: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per alternative r_j, log L_j's step for one stable and one canary event in a block.
+
+        In a warm-up block the null is widened to r0 × warmup_tolerance: a cold canary that fails
+        somewhat more often adds no evidence, one that fails far more still does. Alternatives at or
+        below the widened null step by 0; the others by their likelihood ratio against it. Under
+        the real null (ratio ≤ r0) either step has expectation ≤ 1, so the product stays an
+        e-process: for θ_j > θ_null the expected ratio grows with the true θ and is 1 at θ_null.
+        """
+        cached = self._increments.get((share, cold))
         if cached is None:
-            theta0 = _canary_share(share, self.r0)
-            thetas = [_canary_share(share, ratio) for ratio in self._ratios]
+            null = max(self.r0, self._cold_null) if cold else self.r0
+            theta0 = _canary_share(share, null)
+            thetas = [_canary_share(share, ratio) if ratio > null else theta0 for ratio in self._ratios]
             stable = tuple(math.log1p(-theta) - math.log1p(-theta0) for theta in thetas)
             canary = tuple(math.log(theta / theta0) for theta in thetas)
-            cached = self._increments[share] = (stable, canary)
+            cached = self._increments[share, cold] = (stable, canary)
         return cached
 
     def log_e(self) -> float:
@@ -935,14 +958,15 @@ class Judge:
         if w > self._top_weight:  # more canary traffic than ever: new instances may start cold
             self._top_weight = w
             self._warm_from = outcome.started + self.config.warmup_seconds
-        if outcome.started < self._warm_from:
+        cold = outcome.started < self._warm_from
+        if cold:
             event_tests, amount_tests = self._warm_event_tests, self._warm_amount_tests
         else:
             event_tests, amount_tests = self._event_tests, self._amount_tests
         key = outcome.key_hash
         failed = outcome.failed
         for event_test in event_tests:
-            event_test.observe(outcome, failed, side, w, key)
+            event_test.observe(outcome, failed, side, w, key, cold)
         if failed or not amount_tests:
             return
         if key is not None and not self._sample_keys.admit(key):
@@ -1024,6 +1048,8 @@ class Judge:
             "max_events_per_key": config.max_events_per_key,
             "max_samples_per_key": config.max_samples_per_key,
             "burn_in": config.burn_in,
+            "warmup_seconds": config.warmup_seconds,
+            "warmup_tolerance": config.warmup_tolerance,
             "disabled": [name for name, test in config.tests.items() if not test.enabled],
             "tests": tests,
         }

@@ -34,9 +34,14 @@ ERRORS_THRESHOLD = 1 / 0.006
 
 
 def only(*names: str, tests: dict[str, TestConfig] | None = None, **settings) -> JudgeConfig:
-    """A config with just the named tests enabled: at their default settings unless in `tests`."""
+    """A config with just the named tests enabled: at their default settings unless in `tests`.
+
+    No warm-up unless asked for: the statistics are checked on a warm canary; the warm-up has
+    tests of its own.
+    """
     chosen = {**DEFAULT_TESTS, **(tests or {})}
     enabled = {name: dataclasses.replace(test, enabled=name in names) for name, test in chosen.items()}
+    settings.setdefault("warmup_seconds", 0.0)
     return JudgeConfig(tests=enabled, **settings)
 
 
@@ -351,7 +356,7 @@ def test_latency_test_is_inactive_until_a_threshold_is_set() -> None:
 
 
 def test_latency_tests_skip_the_warm_up_after_each_weight_increase_and_errors_do_not() -> None:
-    judge = Judge(only("errors", "latency", "log_latency"))  # the default warm-up: 20 s
+    judge = Judge(only("errors", "latency", "log_latency", warmup_seconds=20.0))
     judge.set_latency_thresholds(2.0, 4.0)
 
     def slow_canary(started: float, weight: float = 5.0, **fields) -> Outcome:
@@ -399,6 +404,53 @@ def test_a_slower_tail_is_caught_above_stable_p99_where_the_p95_test_sees_little
     assert tail.reason.startswith(f"judge: requests slower than {p99:.3g} s canary ")
     assert canary_requests < 600
     assert verdict(judge, "latency").status is Status.PASS
+
+
+def twice_the_failures(started: float, requests: int = 4_000):
+    """A canary at 50% failing 20% of its requests to stable's 10%: twice as often."""
+    rng = random.Random(11)
+    for i in range(requests):
+        canary = i % 2 == 0
+        failed = rng.random() < (0.2 if canary else 0.1)
+        yield request(canary, 50.0, started=started + i * 0.001, status=500 if failed else 200)
+
+
+def test_in_a_warm_up_a_canary_failing_up_to_the_tolerance_adds_no_evidence() -> None:
+    # 4,000 requests within 4 s: all inside a 20 s warm-up, or all after one.
+    cold = Judge(only("errors", warmup_seconds=20.0))  # warmup_tolerance: 2 by default
+    feed(cold, twice_the_failures(started=0.0))
+    assert now(cold, "errors")["log_e_value"] <= 0.0
+    assert now(cold, "errors")["canary"]["events"] > 350  # counted, just not held against it
+
+    warm = Judge(only("errors", warmup_seconds=20.0))
+    warm.observe(request(False, 50.0, started=0.0))  # the first traffic at 50% starts the warm-up
+    feed(warm, twice_the_failures(started=20.0))
+    assert verdict(warm, "errors").status is Status.FAIL
+
+    strict = Judge(only("errors", warmup_seconds=20.0, warmup_tolerance=1.0))  # no widening
+    feed(strict, twice_the_failures(started=0.0))
+    assert verdict(strict, "errors").status is Status.FAIL
+
+
+def test_in_a_warm_up_a_canary_failing_far_beyond_the_tolerance_is_still_caught() -> None:
+    judge = Judge(only("errors", warmup_seconds=20.0))
+    rng = random.Random(5)
+    canary_requests = 0
+    for i in range(2_000):  # 5% weight, the canary fails half its requests, stable 1%
+        canary = rng.random() < 0.05
+        canary_requests += canary
+        failed = rng.random() < (0.5 if canary else 0.01)
+        judge.observe(request(canary, 5.0, started=i * 0.01, status=500 if failed else 200))
+        if canary and verdict(judge, "errors").status is Status.FAIL:
+            break
+    assert verdict(judge, "errors").status is Status.FAIL
+    assert canary_requests <= 20
+
+
+@pytest.mark.parametrize("tolerance", [0.5, math.inf, math.nan])
+def test_warmup_tolerance_must_be_a_finite_ratio_of_at_least_one(tolerance: float) -> None:
+    with pytest.raises(ValueError, match="warmup_tolerance must be a ratio >= 1"):
+        JudgeConfig(warmup_tolerance=tolerance)
 
 
 @pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan, math.inf])
@@ -588,7 +640,7 @@ def test_named_tests_override_defaults_and_disabled_tests_give_no_verdict() -> N
 
 
 def test_summary_is_json_safe_after_a_canary_only_failure() -> None:
-    judge = Judge()
+    judge = Judge(JudgeConfig(warmup_seconds=0.0))
     judge.set_latency_thresholds(1.0, 2.0)
     # No stable events: the ratio is unbounded.
     feed(judge, [o for _ in range(20) for o in (error(True, 50.0), request(False, 50.0))])
