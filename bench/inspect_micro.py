@@ -11,6 +11,8 @@ Times the calls the data plane makes (`read_request`, `inspector_for`, `feed` pe
                out (the default for clients that do not ask for usage);
 * sse-obfuscated, sse-escaped  the same stream with OpenAI's per-event `obfuscation` padding, and
                with content that needs JSON escapes (newlines, quotes: markdown answers);
+* sse-5, sse-obfuscated-5  the first two with 5 events per chunk, as reads come under load (the
+               upstream writes faster than the proxy reads): µs/chunk is then per 5 events;
 * json         read_request + inspector_for + feed + finish of the 579-byte chat.completion;
 * generic      a non-LLM path: inspector_for (the pass-through) + 50 feeds + finish;
 * ttft added   how long `feed` holds the first-content chunk (role chunk fed before, untimed).
@@ -71,6 +73,12 @@ def _escaped(events: Sequence[bytes]) -> tuple[bytes, ...]:
             event = event.replace(b'"},"logprobs"', b'\\n- \\"x\\""},"logprobs"', 1)
         changed.append(event)
     return tuple(changed)
+
+
+def _batched(events: Sequence[bytes], size: int) -> tuple[bytes, ...]:
+    """The stream as reads of `size` events each (the role event alone first, as it comes)."""
+    first, rest = events[0], events[1:]
+    return (first, *(b"".join(rest[i : i + size]) for i in range(0, len(rest), size)))
 
 
 def stream_run(path: str, request: bytes, events: Sequence[bytes], headers: CIMultiDict[str]) -> Callable[[], None]:
@@ -142,11 +150,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sse-obfuscated": stream_run(payloads.PATH, payloads.SSE_REQUEST_BODY, _obfuscated(events), SSE_HEADERS),
         "sse-escaped": stream_run(payloads.PATH, payloads.SSE_REQUEST_BODY, _escaped(events), SSE_HEADERS),
         "generic": stream_run("/v1/models", b"", events, SSE_HEADERS),
+        "sse-5": stream_run(payloads.PATH, payloads.SSE_REQUEST_BODY, _batched(events, 5), SSE_HEADERS),
+        "sse-obfuscated-5": stream_run(
+            payloads.PATH, payloads.SSE_REQUEST_BODY, _batched(_obfuscated(events), 5), SSE_HEADERS
+        ),
     }
     print(f"{'workload':<16}{'best µs':>10}{'median µs':>11}{'best µs/chunk':>15}   ({repeat} runs each)")
     for name, run in streams.items():
+        chunks = len(_batched(events, 5)) if name.endswith("-5") else len(events)
         best, median = timed(run, repeat, min_seconds)
-        print(f"{name:<16}{best * 1e6:>10.1f}{median * 1e6:>11.1f}{best * 1e6 / len(events):>15.2f}")
+        print(f"{name:<16}{best * 1e6:>10.1f}{median * 1e6:>11.1f}{best * 1e6 / chunks:>15.2f}")
     best, median = timed(json_run(), repeat, min_seconds)
     print(f"{'json':<16}{best * 1e6:>10.1f}{median * 1e6:>11.1f}{'':>15}")
     best, median = ttft_added(events, 200 if args.quick else 5000)
