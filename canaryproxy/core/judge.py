@@ -55,8 +55,10 @@ Choices worth knowing
   most one user can add: at a canary share of 5%, an e-value of 133, below 1/α = 167 for errors
   (a cap of 5 would allow 13,000: one user retrying a crashing prompt would roll the canary back).
   The price is power when busy users reach the cap and their requests stop counting: with 5,000
-  Zipf users regressions of 2× and 3× take 5–10% longer to detect than with a cap of 5. The amount tests take
-  one sample per key (`max_samples_per_key`, default 1; one shared count: a request sampled for
+  Zipf users regressions of 2× and 3× take 25% and 13% longer to detect than with a cap of 6, 44%
+  and 18% longer than with none — and with none, 3% of healthy canaries were rolled back when one
+  user in 50 fails 10× as often on both versions (bench/README.md, "The per-key cap"). The amount
+  tests take one sample per key (`max_samples_per_key`, default 1; one shared count: a request sampled for
   tokens is also sampled for length and cost): a user's prompts share a typical length, so three
   samples of one user are worth much less than three users, and the normal approximation would
   overstate the evidence (measured: 4 of 800 healthy canaries rolled back by tokens or output
@@ -77,11 +79,11 @@ Choices worth knowing
   `WARM_UP_TESTS`) skip them, and the other event tests judge their blocks against a null widened
   to r₀ × `warmup_tolerance` (default 2): a cold canary failing up to twice as often adds no
   evidence, one failing far more (half its requests) still adds plenty and is rolled back within
-  the warm-up. Measured (bench/detection.py, 200 rollouts each): a cold start with latency ×3
-  and failures ×2 for 20 s was rolled back in 1.5% of rollouts without the tolerance and in none
+  the warm-up. Measured (bench/detection.py, 1,000 rollouts each): a cold start with latency ×3
+  and failures ×2 for 20 s was rolled back in 1.9% of rollouts without the tolerance and 0.6%
   with it; the price is the warm-up's evidence on mild regressions — errors ×3 is caught after a
-  median of 668 canary requests instead of 560 (about 20 s later at 5 canary requests/s), 50%
-  failing after 14 instead of 10. Skipping the warm-up entirely for errors would lose the fast
+  median of 672 canary requests instead of 560 (about 20 s later at 5 canary requests/s), 50%
+  failing after 13 instead of 10. Skipping the warm-up entirely for errors would lose the fast
   catch of a canary that fails outright. Amount tests other than latency keep counting: a longer
   answer is the version's doing, warm or cold.
 * **Stratified by weight.** The amount tests keep Welford moments per (weight, arm) and combine the
