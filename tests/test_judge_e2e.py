@@ -52,6 +52,10 @@ async def test_the_judge_alone_rolls_back_a_canary_whose_failures_rise(upstreams
         # A healthy canary first: the judge sees both versions and lets the stage hold.
         await eventually(lambda: sum(arm == "canary" for arm, _ in served) >= 200, timeout=20)
         assert controller.state.phase.value == "progressing" and controller.rollbacks == 0
+        # The latency tests' thresholds were fixed from stable's window: its p95 and p99.
+        await eventually(lambda: controller.judge.latency_thresholds is not None, timeout=10)
+        p95, p99 = controller.judge.latency_thresholds
+        assert 0 < p95 <= p99 < 1.0
         failing["every"] = 2
         await eventually(lambda: controller.state.phase.value == "rolled_back", timeout=20)
     finally:
