@@ -112,9 +112,9 @@ Choices worth knowing
   the sum over enabled tests.
 * **Latency thresholds.** `set_latency_thresholds` takes stable's p95 and p99 fixed before the
   canary gets traffic or taken from stable's window at a stage start, never re-estimated from the
-  data under test. Until they are set the two latency event tests are inactive. Evidence gathered under an earlier threshold
-  is kept: the null ("canary exceeds at most r₀× as often as stable") is checked per event under the
-  threshold in force then.
+  data under test. Until they are set the two latency event tests are inactive. Evidence gathered
+  under an earlier threshold is kept: the null ("canary exceeds at most r₀× as often as stable")
+  is checked per event under the threshold in force then.
 * **The tail.** A canary whose slowest few percent get much slower (a long-context path, a
   retry inside the server) barely moves the share above stable's p95: its slow requests were
   above it already. `latency_tail` counts the requests above stable's p99 instead, where such a
@@ -557,7 +557,7 @@ class _EventTest:
         self.observed = observed  # the judge's requests taken in, [stable, canary]: shared, live
 
     def observe(self, outcome: Outcome, failed: bool, side: int, w: float, key: int | None,
-                cold: bool = False) -> None:
+                cold: bool) -> None:
         event = self.event_of(outcome, failed)
         if event is None:
             return
@@ -621,7 +621,7 @@ class _EventTest:
         """
         cached = self._increments.get((share, cold))
         if cached is None:
-            null = max(self.r0, self._cold_null) if cold else self.r0
+            null = self._cold_null if cold else self.r0  # warmup_tolerance >= 1: never below r0
             theta0 = _canary_share(share, null)
             thetas = [_canary_share(share, ratio) if ratio > null else theta0 for ratio in self._ratios]
             stable = tuple(math.log1p(-theta) - math.log1p(-theta0) for theta in thetas)
