@@ -14,7 +14,7 @@ another stop of the rollout) or at the horizon.
 
 Traffic. `--rate` requests per second start evenly spaced in time, from a population of 5,000
 users with Zipf activity (exponent 1: the busiest user sends 11% of all requests). Each user is a
-sticky key with a random 64-bit hash per run, so the real `Splitter` decides its arm at the weight
+sticky key with a random 64-bit hash per run, so the real `Splitter` decides its role at the weight
 in force when the request starts, and who is on the canary changes from run to run. A request
 reaches the sinks when it completes (start + latency), in completion order, as in the proxy. A
 user's prompts and answers have their own typical length (a lognormal factor per user), so one
@@ -65,14 +65,14 @@ from typing import Callable, Iterable, Sequence
 
 from canaryproxy.alerts import Alerter
 from canaryproxy.clock import ManualClock
-from canaryproxy.controller import Controller
+from canaryproxy.control.controller import Controller
 from canaryproxy.core.judge import Judge, JudgeConfig
 from canaryproxy.core.rules import Comparison, Rule, RuleEngine
 from canaryproxy.core.splitter import Splitter
 from canaryproxy.core.stages import Phase, Plan, Stage
-from canaryproxy.core.types import Arm, Outcome, Status
+from canaryproxy.core.types import Role, Outcome, Status
 from canaryproxy.core.window import WindowConfig, Windows
-from canaryproxy.state import MemoryStateStore
+from canaryproxy.backends.state import MemoryStateStore
 
 USERS = 5_000
 ZIPF_EXPONENT = 1.0
@@ -89,7 +89,7 @@ GUARDRAIL_RATE = 0.005
 GUARDRAIL = ("moderation",)
 # One user in 50 is "hard": in the scenario "hard users" their prompts (long documents, odd
 # inputs) fail more often on either version. Chosen by key hash, so independent of activity and
-# of the arm (the splitter hashes the key again with BLAKE2b).
+# of the role (the splitter hashes the key again with BLAKE2b).
 HARD_USER_MODULUS = 50
 
 # The operator rules of config/example.yaml: what a user without the judge would write.
@@ -353,7 +353,7 @@ def _start_second(
     users: Sequence[int],
     second_start: float,
     weight: float,
-    choose: Callable[[int | None], Arm],
+    choose: Callable[[int | None], Role],
     stable: Behaviour,
     canary: Behaviour,
     in_flight: list[tuple[float, int, Outcome]],
@@ -373,9 +373,9 @@ def _start_second(
     for index, user in enumerate(users):
         started = second_start + (index + 0.5) * spacing
         key = hashes[user]
-        arm = choose(key)
+        role = choose(key)
         error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor = (
-            canary_profile if arm is _CANARY else stable_profile
+            canary_profile if role is _CANARY else stable_profile
         )
         if hard_factor != 1.0 and key % HARD_USER_MODULUS == 0:
             error_rate *= hard_factor
@@ -384,7 +384,7 @@ def _start_second(
         if z > TAIL_QUANTILE_Z:
             latency *= tail_scale
         if rand() < error_rate:
-            outcome = Outcome(arm, started, weight, key, status=500, latency=latency)
+            outcome = Outcome(role, started, weight, key, status=500, latency=latency)
         else:
             prompt = (
                 log_tokens + _LOG_PROMPT + prompt_offsets[user] + PROMPT_SIGMA * normals[bits(_NORMAL_BITS)]
@@ -394,7 +394,7 @@ def _start_second(
                 + COMPLETION_SIGMA * normals[bits(_NORMAL_BITS)]
             )) or 1
             outcome = Outcome(
-                arm, started, weight, key, status=200, latency=latency,
+                role, started, weight, key, status=200, latency=latency,
                 prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
                 output_chars=CHARS_PER_TOKEN * completion,
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),
@@ -414,11 +414,11 @@ def _finish(
         t, _, outcome = heappop(in_flight)
         record_window(outcome, t)
         record_controller(outcome)
-        if outcome.arm is _CANARY:
+        if outcome.role is _CANARY:
             canary_times.append(t)
 
 
-_CANARY = Arm.CANARY
+_CANARY = Role.CANARY
 _LOG_PROMPT = math.log(PROMPT_MEDIAN)
 _LOG_COMPLETION = math.log(COMPLETION_MEDIAN)
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import payloads  # noqa: E402
 
-from canaryproxy.core.types import Arm, Outcome  # noqa: E402
-from canaryproxy.inspect import InspectionSettings, inspector_for, read_request  # noqa: E402
+from canaryproxy.core.types import Role, Outcome  # noqa: E402
+from canaryproxy.inspection import InspectionSettings, inspector_for, read_request  # noqa: E402
 
 SETTINGS = InspectionSettings()
 SSE_HEADERS = CIMultiDict({"Content-Type": "text/event-stream"})
@@ -85,7 +85,7 @@ def stream_run(path: str, request: bytes, events: Sequence[bytes], headers: CIMu
     _, facts = read_request(path, request, SETTINGS)
     content_type = headers.get("Content-Type", "")
     # The data plane creates the Outcome with or without inspection: one, filled again each run.
-    outcome = Outcome(arm=Arm.CANARY, started=0.0)
+    outcome = Outcome(role=Role.CANARY, started=0.0)
 
     def run() -> None:
         inspector = inspector_for(facts, 200, content_type, headers, outcome, SETTINGS, NOW)
@@ -99,7 +99,7 @@ def stream_run(path: str, request: bytes, events: Sequence[bytes], headers: CIMu
 
 def json_run() -> Callable[[], None]:
     body = payloads.JSON_RESPONSE_BODY
-    outcome = Outcome(arm=Arm.CANARY, started=0.0)
+    outcome = Outcome(role=Role.CANARY, started=0.0)
 
     def run() -> None:
         _, facts = read_request(payloads.PATH, payloads.JSON_REQUEST_BODY, SETTINGS)
@@ -125,7 +125,7 @@ def ttft_added(events: Sequence[bytes], samples: int) -> tuple[float, float]:
     role, first_content = events[0], events[1]
     durations = []
     for _ in range(samples):
-        outcome = Outcome(arm=Arm.CANARY, started=0.0)
+        outcome = Outcome(role=Role.CANARY, started=0.0)
         inspector = inspector_for(facts, 200, "text/event-stream", SSE_HEADERS, outcome, SETTINGS, NOW)
         inspector.feed(role)
         started = time.perf_counter()

@@ -73,7 +73,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_simulate_upstream(args: argparse.Namespace) -> int:
     import uvloop
 
-    from canaryproxy.simulator import Behaviour, ModelSimulator, serve
+    from canaryproxy.sim.simulator import Behaviour, ModelSimulator, serve
 
     behaviour = Behaviour().updated({
         "latency": args.latency, "ttft": args.ttft, "tokens_mean": args.tokens_mean,
@@ -91,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import uvloop
 
     from canaryproxy.core.units import parse_duration
-    from canaryproxy.demo import run_demo
+    from canaryproxy.sim.demo import run_demo
 
     try:
         hold = parse_duration(args.hold)
@@ -162,7 +162,7 @@ def _fail(status: int, payload: dict) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from canaryproxy.status_view import render_status
+    from canaryproxy.sim.status_view import render_status
 
     status, payload = _admin_call(args, "GET", f"/admin/status?window={args.window}")
     if status != 200:
@@ -173,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _mutation(name: str, body_of: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from canaryproxy.status_view import render_status
+        from canaryproxy.sim.status_view import render_status
 
         status, payload = _admin_call(args, "POST", f"/admin/{name}", body_of(args))
         if status != 200:
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     from canaryproxy.core.units import format_duration
-    from canaryproxy.simulator import Behaviour
+    from canaryproxy.sim.simulator import Behaviour
 
     sim_defaults = Behaviour()
     simulate = commands.add_parser(
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, help="seed of the random choices, for a repeatable run")
     simulate.set_defaults(handler=cmd_simulate_upstream)
 
-    from canaryproxy.demo import SCENARIOS
+    from canaryproxy.sim.demo import SCENARIOS
 
     demo = commands.add_parser(
         "demo", help="watch a whole rollout on this machine: simulated models, traffic, rollback",

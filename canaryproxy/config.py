@@ -35,10 +35,10 @@ from canaryproxy.core.metrics import METRICS, Unit
 from canaryproxy.core.rules import Comparison, Rule
 from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Plan, Stage
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 from canaryproxy.core.units import parse_duration, parse_size
 from canaryproxy.errors import ConfigError
-from canaryproxy.inspect.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
+from canaryproxy.inspection.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -446,7 +446,7 @@ def build_inspection_settings(config: Config, base_dir: Path) -> InspectionSetti
         text_rules=tuple(TextRule(t.name, re.compile(t.pattern)) for t in guardrails.text),
         prices=PriceTable(
             models={name: Price(p.input, p.output) for name, p in pricing.models.items()},
-            arms={Arm(arm): Price(p.input, p.output) for arm, p in pricing.versions.items()},
+            roles={Role(role): Price(p.input, p.output) for role, p in pricing.versions.items()},
         ),
     )
 

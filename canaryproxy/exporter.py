@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from canaryproxy.core.types import Arm, Outcome
+from canaryproxy.core.types import Role, Outcome
 
 # Bucket bounds, in the unit of each metric. Model calls range from tens of milliseconds
 # (embeddings) to minutes (long generations).
@@ -30,7 +30,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 LENGTH_BUCKETS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000)
 
-_ARMS = (Arm.STABLE, Arm.CANARY)
+_ROLES = (Role.STABLE, Role.CANARY)
 
 
 class _Histogram:
@@ -60,7 +60,7 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-class _ArmTotals:
+class _RoleTotals:
     __slots__ = (
         "requests", "upstream_errors", "truncated", "schema_checks", "schema_failures",
         "guardrails", "prompt_tokens", "completion_tokens", "cost_usd", "duration", "ttft",
@@ -86,10 +86,10 @@ class Totals:
     """Lifetime totals per version. An OutcomeSink: O(1), never raises for a well-formed Outcome."""
 
     def __init__(self) -> None:
-        self.arms: dict[Arm, _ArmTotals] = {arm: _ArmTotals() for arm in _ARMS}
+        self.roles: dict[Role, _RoleTotals] = {role: _RoleTotals() for role in _ROLES}
 
     def record(self, outcome: Outcome) -> None:
-        totals = self.arms[outcome.arm]
+        totals = self.roles[outcome.role]
         status_class = outcome.status_class
         totals.requests[status_class] = totals.requests.get(status_class, 0) + 1
         totals.duration.observe(outcome.latency)
@@ -138,7 +138,7 @@ class Exporter(Collector):
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        arms = self._totals.arms
+        roles = self._totals.roles
         requests = CounterMetricFamily(
             "canaryproxy_requests", "Requests finished, by version and status class "
             "(none: the connection ended before a status was sent).", labels=["version", "status_class"])
@@ -170,9 +170,9 @@ class Exporter(Collector):
         length = HistogramMetricFamily(
             "canaryproxy_output_length_chars", "Output length in characters (content plus tool-call arguments).",
             labels=["version"])
-        for arm in _ARMS:
-            totals = arms[arm]
-            version = arm.value
+        for role in _ROLES:
+            totals = roles[role]
+            version = role.value
             for status_class, count in sorted(totals.requests.items()):
                 requests.add_metric([version, status_class], count)
             for kind, count in sorted(totals.upstream_errors.items()):

@@ -21,22 +21,22 @@ from aiohttp import web
 
 from prometheus_client import CollectorRegistry
 
-from canaryproxy.admin import AdminAPI, AuditLog
+from canaryproxy.admin.api import AdminAPI, AuditLog
 from canaryproxy.alerts import Alerter, Webhook
 from canaryproxy.clock import Clock, SystemClock
 from canaryproxy.config import Config
-from canaryproxy.controller import LATENCY_BASELINE_SPAN, Controller
+from canaryproxy.control.controller import LATENCY_BASELINE_SPAN, Controller
 from canaryproxy.core.judge import Judge
 from canaryproxy.core.rules import RuleEngine
 from canaryproxy.core.splitter import Splitter
-from canaryproxy.core.types import Arm, FanOutSink, Outcome, OutcomeSink
+from canaryproxy.core.types import Role, FanOutSink, Outcome, OutcomeSink
 from canaryproxy.core.window import WindowConfig, Windows
 from canaryproxy.errors import StartupError
 from canaryproxy.exporter import Exporter, Totals
 from canaryproxy.proxy.forward import Forwarder, ProxySettings
 from canaryproxy.proxy.headers import TrustedProxies
 from canaryproxy.proxy.routing import Router
-from canaryproxy.state import FileStateStore, MemoryStateStore, StateStore
+from canaryproxy.backends.state import FileStateStore, MemoryStateStore, StateStore
 
 log = logging.getLogger("canaryproxy")
 
@@ -77,7 +77,7 @@ def require_c_parser() -> None:
 def proxy_settings(config: Config) -> ProxySettings:
     t = config.timeouts
     return ProxySettings(
-        upstreams={Arm.STABLE: config.upstreams.stable, Arm.CANARY: config.upstreams.canary},
+        upstreams={Role.STABLE: config.upstreams.stable, Role.CANARY: config.upstreams.canary},
         connect_timeout=t.connect,
         first_byte_timeout=t.first_byte,
         idle_timeout=t.idle,

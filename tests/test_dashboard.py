@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 
-from canaryproxy.admin import weight_history
+from canaryproxy.admin.api import weight_history
 from canaryproxy.server import CanaryProxy
 from tests.llm import chat_handler
 
@@ -143,10 +143,10 @@ async def test_series_has_a_point_per_step_and_null_where_a_version_had_no_sampl
     # Whole steps, then the newest point: the buckets of its step closed so far.
     assert series["t"][-2] - series["t"][0] == pytest.approx(169 * 1.75, abs=0.002)
     assert 0.25 - 0.002 <= series["t"][-1] - series["t"][-2] <= 1.75 + 0.002
-    for arm in ("stable", "canary"):
-        assert sorted(series[arm]) == sorted(
+    for role in ("stable", "canary"):
+        assert sorted(series[role]) == sorted(
             ["request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request", "guardrail_rate"])
-        assert all(len(values) == 171 for values in series[arm].values())
+        assert all(len(values) == 171 for values in series[role].values())
     assert all(v is None for values in series["canary"].values() for v in values)
     stable = series["stable"]
     with_requests = [i for i, v in enumerate(stable["request_rate"]) if v is not None]

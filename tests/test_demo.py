@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from canaryproxy.config import parse
-from canaryproxy.demo import SCENARIOS, demo_config_yaml, run_demo
+from canaryproxy.sim.demo import SCENARIOS, demo_config_yaml, run_demo
 from canaryproxy.errors import ConfigError
 from tests.support import eventually
 

@@ -50,7 +50,7 @@ async def test_the_judge_alone_rolls_back_a_canary_whose_failures_rise(upstreams
     traffic = asyncio.create_task(send_requests(proxy.data_port, served))
     try:
         # A healthy canary first: the judge sees both versions and lets the stage hold.
-        await eventually(lambda: sum(arm == "canary" for arm, _ in served) >= 200, timeout=20)
+        await eventually(lambda: sum(role == "canary" for role, _ in served) >= 200, timeout=20)
         assert controller.state.phase.value == "progressing" and controller.rollbacks == 0
         # The latency tests' thresholds were fixed from stable's window: its p95 and p99.
         await eventually(lambda: controller.judge.latency_thresholds is not None, timeout=10)
@@ -63,8 +63,8 @@ async def test_the_judge_alone_rolls_back_a_canary_whose_failures_rise(upstreams
         await asyncio.gather(traffic, return_exceptions=True)
 
     assert proxy.weight == 0
-    assert any(status == 500 for arm, status in served if arm == "canary")
-    assert all(status == 200 for arm, status in served if arm == "stable")
+    assert any(status == 500 for role, status in served if role == "canary")
+    assert all(status == 200 for role, status in served if role == "stable")
     (rollback,) = [d for d in controller.decisions if d["after"] and d["after"]["phase"] == "rolled_back"]
     assert rollback["trigger"] == "judge"
     assert rollback["summary"].startswith("rolled back from 50%: judge:errors fail: judge: failed requests")

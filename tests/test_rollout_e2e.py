@@ -125,7 +125,7 @@ async def test_a_canary_that_starts_failing_is_rolled_back_and_alerted(upstreams
         after_rollback = traffic.served[served_before:]
     finally:
         await traffic.stop()
-    assert {arm for arm, _ in after_rollback} == {"stable"}, "traffic still reached the canary"
+    assert {role for role, _ in after_rollback} == {"stable"}, "traffic still reached the canary"
     rollback = await eventually(lambda: [a for a in webhook.received if a["kind"] == "rollback"], timeout=10)
     assert "errors" in rollback[0]["message"] and "error_rate" in rollback[0]["message"]
     decisions = (await admin_get(proxy, "/admin/decisions"))["decisions"]

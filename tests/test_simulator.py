@@ -18,7 +18,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from canaryproxy.errors import ConfigError
-from canaryproxy.simulator import (
+from canaryproxy.sim.simulator import (
     WRITE_INTERVAL,
     Behaviour,
     ChatRequest,

@@ -48,7 +48,7 @@ Choices worth knowing
   are taken into the e-value when their block ends, at most 100 requests later. The assumption
   left is that within a version, which request carries an event does not depend on who sent it
   beyond what the per-key cap bounds (the cap itself changes a block only when a key reaches it).
-* **Sticky keys.** One user's requests all go to one arm and are correlated: a client retrying a
+* **Sticky keys.** One user's requests all go to one role and are correlated: a client retrying a
   failed request (the OpenAI SDK does twice) sends the same failure two more times. Each event
   test counts at most `max_events_per_key` (3) events per sticky key and stops counting the key's
   requests once it has them. Three canary events with no stable event in between are then the
@@ -86,12 +86,12 @@ Choices worth knowing
   failing after 13 instead of 10. Skipping the warm-up entirely for errors would lose the fast
   catch of a canary that fails outright. Amount tests other than latency keep counting: a longer
   answer is the version's doing, warm or cold.
-* **Stratified by weight.** The amount tests keep Welford moments per (weight, arm) and combine the
+* **Stratified by weight.** The amount tests keep Welford moments per (weight, role) and combine the
   strata with inverse-variance weights: s = Σ Δ_k/V_k, v = Σ 1/V_k, the sufficient statistics of a
   common shift across strata. With one weight this is exactly Δ/V and 1/V. Pooling across weights
   would compare a canary sampled mostly late (high weight) with a stable sampled mostly early, and
   a daily drift in prompt length would look like a regression. A stratum contributes once each of
-  its arms has `burn_in` samples. The event tests' blocks end at a weight change for the same
+  its roles has `burn_in` samples. The event tests' blocks end at a weight change for the same
   reason.
 * **σ² for the mixture precision ρ** is the pooled variance of the first stratum to finish its
   burn-in, then fixed until `reset()`: ρ must not follow the data it tests; it only tunes power
@@ -145,9 +145,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from canaryproxy.core.types import Arm, Outcome, Status, Verdict
+from canaryproxy.core.types import Role, Outcome, Status, Verdict
 
-_STABLE, _CANARY = 0, 1  # indexes of per-arm pairs
+_STABLE, _CANARY = 0, 1  # indexes of per-role pairs
 _LOG_2 = math.log(2.0)
 _SQRT_2 = math.sqrt(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -728,16 +728,16 @@ class _Moments:
 
 
 class _Stratum:
-    """The samples of both arms routed at one weight."""
+    """The samples of both roles routed at one weight."""
 
-    __slots__ = ("arms",)
+    __slots__ = ("roles",)
 
     def __init__(self) -> None:
-        self.arms = (_Moments(), _Moments())  # stable, canary
+        self.roles = (_Moments(), _Moments())  # stable, canary
 
     def information(self, burn_in: int, shift: float) -> tuple[float, float] | None:
         """(s, v) = (Δ/V, 1/V) for Δ = mean_c − mean_s − shift, or None before the burn-in."""
-        stable, canary = self.arms
+        stable, canary = self.roles
         if stable.n < burn_in or canary.n < burn_in:
             return None
         variance = stable.m2 / ((stable.n - 1) * stable.n) + canary.m2 / ((canary.n - 1) * canary.n)
@@ -746,7 +746,7 @@ class _Stratum:
         return (canary.mean - stable.mean - shift) / variance, 1.0 / variance
 
     def pooled_variance(self) -> float:
-        stable, canary = self.arms
+        stable, canary = self.roles
         return (stable.m2 + canary.m2) / (stable.n + canary.n - 2)
 
 
@@ -782,7 +782,7 @@ class _AmountTest:
         if y is None or y < 0.0:  # a negative amount is a bug upstream; a sink must not raise
             return
         stratum = self._stratum if w == self._stratum_w else self._enter(w)
-        stratum.arms[side].add(math.log1p(y))
+        stratum.roles[side].add(math.log1p(y))
         if self.rejection is not None:
             return
         information = stratum.information(self.burn_in, self.shift)
@@ -834,7 +834,7 @@ class _AmountTest:
         return normal_mixture_log_e(*statistics, self.rho)
 
     def samples(self, side: int) -> int:
-        return sum(stratum.arms[side].n for stratum in self.strata.values())
+        return sum(stratum.roles[side].n for stratum in self.strata.values())
 
     def verdict(self, log_e: float | None) -> Verdict:
         details = self.details(log_e)
@@ -955,7 +955,7 @@ class Judge:
         w = outcome.weight / 100.0
         if not 0.0 < w < 1.0:  # all traffic on one version: nothing to compare
             return
-        side = _CANARY if outcome.arm is Arm.CANARY else _STABLE
+        side = _CANARY if outcome.role is Role.CANARY else _STABLE
         self._observed[side] += 1
         if w > self._top_weight:  # more canary traffic than ever: new instances may start cold
             self._top_weight = w

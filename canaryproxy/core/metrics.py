@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass
 
 
-class Unit(str, enum.Enum):
+class Unit(enum.StrEnum):
     RATIO = "ratio"  # 0..1
     SECONDS = "seconds"
     TOKENS = "tokens"

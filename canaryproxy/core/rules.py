@@ -13,7 +13,7 @@ breach again is still one streak.
 
 Baseline-relative rules (`above_stable`, `below_stable`) compare the canary with `threshold ×`
 stable's value over the same window, so both sides see the same traffic at the same time. They need
-`min_samples` on both arms and a stable value. When stable's value is 0 the limit is 0:
+`min_samples` on both roles and a stable value. When stable's value is 0 the limit is 0:
 `above_stable` then breaches on any positive canary value (a canary that does something stable
 never does is worse by any ratio) and `below_stable` cannot breach a non-negative metric. Users
 who want slack around zero should write a constant-threshold rule.
@@ -39,18 +39,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from canaryproxy.core.metrics import METRICS, MetricValue, Unit
-from canaryproxy.core.types import Arm, Status, Verdict
+from canaryproxy.core.types import Role, Status, Verdict
 from canaryproxy.core.units import format_duration
 
 
-class Comparison(str, enum.Enum):
+class Comparison(enum.StrEnum):
     ABOVE = "above"
     BELOW = "below"
     ABOVE_STABLE = "above_stable"  # threshold is a ratio to stable's value
     BELOW_STABLE = "below_stable"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def relative(self) -> bool:
@@ -62,9 +59,9 @@ class Comparison(str, enum.Enum):
 
 
 class MetricSource(Protocol):
-    """Where rules read metric values: the per-arm windows, or a table in tests."""
+    """Where rules read metric values: the per-role windows, or a table in tests."""
 
-    def metric(self, arm: Arm, name: str, window: float, t: float) -> MetricValue: ...
+    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +154,8 @@ class RuleEngine:
 
     def _evaluate(self, index: int, rule: Rule, source: MetricSource, t: float,
                   stable_in_service: bool) -> Verdict:
-        canary = source.metric(Arm.CANARY, rule.metric, rule.window, t)
-        stable = source.metric(Arm.STABLE, rule.metric, rule.window, t)
+        canary = source.metric(Role.CANARY, rule.metric, rule.window, t)
+        stable = source.metric(Role.STABLE, rule.metric, rule.window, t)
         if rule.comparison.relative and not stable_in_service:
             self._streak_starts[index] = None
             reason = f"{rule.metric}: no comparison with stable while the canary takes all traffic"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from hashlib import blake2b
 
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 
 BUCKETS = 10_000
 _BUCKETS_PER_PERCENT = BUCKETS // 100
@@ -48,7 +48,7 @@ def weight_to_buckets(weight: float) -> int:
 
 
 class Splitter:
-    """Decides the arm of each request for the current weight.
+    """Decides the role of each request for the current weight.
 
     `set_weight` takes effect on the next call to `choose`. Single-threaded by design: it lives on
     the event loop, so a weight change is atomic with respect to requests.
@@ -67,13 +67,13 @@ class Splitter:
     def set_weight(self, weight: float) -> None:
         self._canary_buckets = weight_to_buckets(weight)
 
-    def choose(self, hash64: int | None) -> Arm:
-        """The arm for a key hash, or at random (same probability) when there is no key."""
+    def choose(self, hash64: int | None) -> Role:
+        """The role for a key hash, or at random (same probability) when there is no key."""
         canary_buckets = self._canary_buckets
         if canary_buckets <= 0:
-            return Arm.STABLE
+            return Role.STABLE
         if canary_buckets >= BUCKETS:
-            return Arm.CANARY
+            return Role.CANARY
         if hash64 is None:
-            return Arm.CANARY if self._random() * BUCKETS < canary_buckets else Arm.STABLE
-        return Arm.CANARY if hash64 % BUCKETS < canary_buckets else Arm.STABLE
+            return Role.CANARY if self._random() * BUCKETS < canary_buckets else Role.STABLE
+        return Role.CANARY if hash64 % BUCKETS < canary_buckets else Role.STABLE

@@ -32,26 +32,20 @@ from canaryproxy.core.units import format_duration
 from canaryproxy.errors import CommandRejected
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     IDLE = "idle"
     PROGRESSING = "progressing"
     PAUSED = "paused"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StableBreachPolicy(str, enum.Enum):
+class StableBreachPolicy(enum.StrEnum):
     """What a rule that fires on the canary *and* on stable means."""
 
     PAUSE = "pause"  # an environment problem: stop and ask a human
     ROLLBACK = "rollback"  # the canary is to blame anyway
     IGNORE = "ignore"  # not the canary's doing: neither fires nor blocks
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +233,7 @@ class SetWeight:
     weight: float
 
 
-class AlertKind(str, enum.Enum):
+class AlertKind(enum.StrEnum):
     ROLLBACK = "rollback"
     PAUSE = "pause"
     PROMOTION = "promotion"
@@ -247,9 +241,6 @@ class AlertKind(str, enum.Enum):
     INSUFFICIENT_DATA = "insufficient_data"
     RESUME = "resume"
     START = "start"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,16 +494,13 @@ def _pause_at_max_hold(
 # --- Operator commands ------------------------------------------------------------------------------
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     START = "start"
     PAUSE = "pause"
     RESUME = "resume"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     SET_WEIGHT = "set_weight"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _ALLOWED_IN: dict[Op, tuple[Phase, ...]] = {

@@ -1,4 +1,4 @@
-"""The vocabulary every layer shares: arms, outcomes of requests, verdicts of rules.
+"""The vocabulary every layer shares: roles, outcomes of requests, verdicts of rules.
 
 `Outcome` is the one record of a finished (or failed) request. The data plane creates it when it
 routes a request, the inspectors fill in what they read from the response, and when the request
@@ -13,17 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 
-class Arm(str, enum.Enum):
+class Role(enum.StrEnum):
     """Which version served a request. The value doubles as the Prometheus label."""
 
     STABLE = "stable"
     CANARY = "canary"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class ErrorKind(str, enum.Enum):
+class ErrorKind(enum.StrEnum):
     """Why a request did not end with a complete upstream response. Bounded: used as a label."""
 
     # Faults of the upstream: they count against the version that served the request.
@@ -66,7 +63,7 @@ class Outcome:
     to it. Optional fields stay None when nothing was measured (a non-LLM response has no tokens).
     """
 
-    arm: Arm
+    role: Role
     started: float
     weight: float = 0.0  # canary weight in percent in force when the request was routed
     key_hash: int | None = None  # 64-bit hash of the sticky key; None when routed at random
@@ -154,16 +151,13 @@ class FanOutSink:
             sink.record(outcome)
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Argo Rollouts' three outcomes, plus `pending` for a breach not yet sustained for `for:`."""
 
     PASS = "pass"  # enough samples, condition not met
     PENDING = "pending"  # condition met, not yet for the rule's full `for` duration
     FAIL = "fail"  # condition met for the full `for` duration: the rule fires
     INCONCLUSIVE = "inconclusive"  # too few samples: neither healthy nor failing
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

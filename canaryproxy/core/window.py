@@ -1,6 +1,6 @@
-"""Rolling per-arm metric windows: a ring of one-second tallies, merged over any span on demand.
+"""Rolling per-role metric windows: a ring of one-second tallies, merged over any span on demand.
 
-Each arm has a ring of `ceil(span_seconds / bucket_seconds) + 1` buckets. A bucket is the tally of
+Each role has a ring of `ceil(span_seconds / bucket_seconds) + 1` buckets. A bucket is the tally of
 the requests that finished in one `bucket_seconds` interval: counters, sums and four mergeable
 histograms (latency, time to first token, output tokens, output length in characters). A bucket
 remembers its absolute index `int(t // bucket_seconds)` and is reset lazily when its slot is
@@ -15,13 +15,13 @@ that say nothing about the version, so they must not drag its means down.
 
 Expiry. The ring keeps the buckets within `ring` buckets of the newest bucket recorded so far
 (`newest - ring < index <= newest`); a record for an older bucket is dropped and counted in
-`ArmWindow.dropped_late`. A snapshot at time t over a span of n buckets merges the kept buckets
+`RoleWindow.dropped_late`. A snapshot at time t over a span of n buckets merges the kept buckets
 with `now - n < index <= now`, where now = int(t // bucket_seconds).
 
 Snapshots slide. A fresh merge of 900 one-second buckets costs 32 ms or more at 500 requests per
 second (a bucket then holds ~550 distinct bins across its four histograms, and merging is a Python
-loop over them); a controller that snapshots three spans of both arms every tick would block the
-event loop for 200 ms. So each arm keeps a running tally per span it has been asked for (at most
+loop over them); a controller that snapshots three spans of both roles every tick would block the
+event loop for 200 ms. So each role keeps a running tally per span it has been asked for (at most
 `MAX_RUNNING_SPANS`, the least recently used dropped): the sum of the closed buckets (low, high]
 of that span's last snapshot. The next snapshot subtracts the buckets that left, adds those that
 entered, and adds the open bucket (`now`) to a copy: about 0.1 ms a tick at 500 requests per
@@ -33,7 +33,7 @@ and skip the running tallies: recording stays O(1). Counts and histogram bins ar
 sliding them is exact; float sums (latency, ttft, cost) pick up rounding of about one ulp of the
 largest window total per subtraction, and are reset to exactly 0 when their count reaches 0.
 
-Memory per arm is fixed by the configuration. A histogram stores at most `bin_limit` bins
+Memory per role is fixed by the configuration. A histogram stores at most `bin_limit` bins
 (1,037 for latency and ttft, 1e-4..1e5 s; 923 for output tokens and characters, 1..1e8), so a
 tally stores at most B = 2 * 1,037 + 2 * 923 = 3,920 bins. With R = ceil(span / bucket) + 1
 buckets in the ring, K = MAX_RUNNING_SPANS running tallies and one snapshot being built, F = 1.8 KB
@@ -41,26 +41,26 @@ of fixed structure per tally (its objects, empty histograms, full status/error/g
 and E = 87 bytes per stored bin (dict entry, key int, count int; measured on a full tally):
 
     worst_case_bytes = (R + K + 1) * (F + B * E)
-                     = (901 + 8 + 1) * (1,772 + 3,920 * 86.2) = 910 * 340 KB ≈ 309 MB per arm
+                     = (901 + 8 + 1) * (1,772 + 3,920 * 86.2) = 910 * 340 KB ≈ 309 MB per role
 
 That ceiling needs all 3,920 bins filled in every one of 901 seconds: over a thousand requests a
-second on one arm, spread evenly over nine decades of latency and eight of tokens. A bucket holds
+second on one role, spread evenly over nine decades of latency and eight of tokens. A bucket holds
 at most as many bins as samples, so at r requests per second the bound is
 (R + K + 1) * (F + E * sum over the four histograms of min(bin_limit, r * bucket_seconds)),
 about 33 MB at 100 requests per second. Measured with tracemalloc (`record` at 100 requests/s for
 15 minutes of simulated time with LLM-like lognormal latency, ttft, tokens and lengths, spans of
-1, 5 and 15 minutes snapshotted every second): 13.6 MB for the loaded arm; an empty `Windows`
-(both arms) is 1.9 MB.
+1, 5 and 15 minutes snapshotted every second): 13.6 MB for the loaded role; an empty `Windows`
+(both roles) is 1.9 MB.
 
-Series. A dashboard polls `ArmWindow.series` every 2 s for charts of the last 15 minutes in steps
+Series. A dashboard polls `RoleWindow.series` every 2 s for charts of the last 15 minutes in steps
 of a few seconds. Each point merges the buckets of its step once (never a 15-minute snapshot per
-point), but merging all 900 buckets still costs about 40 ms per arm at 500 requests per second.
+point), but merging all 900 buckets still costs about 40 ms per role at 500 requests per second.
 Steps are aligned to multiples of the step, so a closed step never changes again unless a late
-record lands in it or its buckets expire: each arm keeps the metric values of the closed steps of
+record lands in it or its buckets expire: each role keeps the metric values of the closed steps of
 its last series, with the request counts of their buckets when they were merged. Every record
 adds to its bucket's count and an expired bucket counts 0, so a step whose counts still match
 still holds the same outcomes; the next call merges only the steps that closed since and the one
-still filling: 0.3 to 0.6 ms per arm at 500 requests per second. `record` is untouched by this.
+still filling: 0.3 to 0.6 ms per role at 500 requests per second. `record` is untouched by this.
 """
 
 from __future__ import annotations
@@ -71,12 +71,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from canaryproxy.core.histogram import Histogram, HistogramLayout
 from canaryproxy.core.metrics import METRICS, MetricValue
-from canaryproxy.core.types import Arm, Outcome
+from canaryproxy.core.types import Role, Outcome
 
 LATENCY_LAYOUT = HistogramLayout(min_value=1e-4, max_value=1e5)  # seconds: 100 µs .. 28 hours
 COUNT_LAYOUT = HistogramLayout(min_value=1.0, max_value=1e8)  # tokens and characters
 
-MAX_RUNNING_SPANS = 8  # distinct spans per arm with a sliding running tally (config rules use few)
+MAX_RUNNING_SPANS = 8  # distinct spans per role with a sliding running tally (config rules use few)
 MAX_SERIES_POINTS = 240  # points per series: more than a chart a few hundred pixels wide can show
 
 _NEVER = -(2**63)  # below any bucket index a monotonic clock produces: "holds no bucket"
@@ -301,8 +301,8 @@ class _RunningTally:
         return self.low < index <= self.high
 
 
-class ArmWindow:
-    """The ring of buckets of one arm."""
+class RoleWindow:
+    """The ring of buckets of one role."""
 
     __slots__ = ("config", "dropped_late", "_bucket_seconds", "_ring_size", "_span_buckets",
                  "_buckets", "_bucket_indexes", "_newest_index", "_running", "_running_high",
@@ -516,7 +516,7 @@ class ArmWindow:
 
 
 class _SeriesCache:
-    """The closed steps of an arm's last series, by step index: the request counts of the step's
+    """The closed steps of an role's last series, by step index: the request counts of the step's
     buckets when it was merged, and its metric values (module docstring: "Series")."""
 
     __slots__ = ("step_buckets", "metrics", "points")
@@ -529,7 +529,7 @@ class _SeriesCache:
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """Metrics of one arm in consecutive steps, oldest first (`ArmWindow.series`)."""
+    """Metrics of one role in consecutive steps, oldest first (`RoleWindow.series`)."""
 
     step: float  # seconds per point: a whole number of buckets
     ends: tuple[float, ...]  # monotonic time at which each point ends (the end of its last bucket)
@@ -537,27 +537,27 @@ class Series:
 
 
 class Windows:
-    """One `ArmWindow` per arm."""
+    """One `RoleWindow` per role."""
 
     __slots__ = ("config", "_arms")
 
     def __init__(self, config: WindowConfig = WindowConfig()) -> None:
         self.config = config
-        self._arms = {arm: ArmWindow(config) for arm in Arm}
+        self._arms = {role: RoleWindow(config) for role in Role}
 
     def record(self, outcome: Outcome, t: float) -> None:
-        self._arms[outcome.arm].record(outcome, t)
+        self._arms[outcome.role].record(outcome, t)
 
-    def snapshot(self, arm: Arm, span: float, t: float) -> WindowSnapshot:
-        return self._arms[arm].snapshot(span, t)
+    def snapshot(self, role: Role, span: float, t: float) -> WindowSnapshot:
+        return self._arms[role].snapshot(span, t)
 
-    def __getitem__(self, arm: Arm) -> ArmWindow:
-        return self._arms[arm]
+    def __getitem__(self, role: Role) -> RoleWindow:
+        return self._arms[role]
 
 
 @dataclass(frozen=True, slots=True)
 class WindowSnapshot:
-    """The merged tally of one arm over `span` seconds. Read-only by convention: it owns its dicts
+    """The merged tally of one role over `span` seconds. Read-only by convention: it owns its dicts
     and histograms, which no window references any more."""
 
     span: float  # seconds covered: the requested span rounded up to whole buckets

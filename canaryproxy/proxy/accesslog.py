@@ -41,7 +41,7 @@ class AccessLog:
     def record(self, outcome: Outcome, path: str) -> None:
         error = f" error={outcome.error.value}" if outcome.error is not None else ""
         line = (
-            f"{self._timestamp(time.time())} {outcome.arm.value} {outcome.method} {path} "
+            f"{self._timestamp(time.time())} {outcome.role.value} {outcome.method} {path} "
             f"{outcome.status} {outcome.latency * 1000:.1f}ms in={outcome.bytes_in} "
             f"out={outcome.bytes_out}{error} req={outcome.request_id}\n"
         )

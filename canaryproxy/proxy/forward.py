@@ -8,7 +8,7 @@ The order of events and why:
 3. Read the request body: small bodies with a known length are buffered (so an LLM request can be
    inspected, and a request refused at connect can be retried once); larger or chunked bodies are
    streamed chunk by chunk with a byte count (413) and a deadline (408).
-4. Send upstream on the arm's own keep-alive pool. No total timeout (streams last minutes); a
+4. Send upstream on the role's own keep-alive pool. No total timeout (streams last minutes); a
    connect timeout, a first-byte deadline (prefill can be slow), then an idle deadline between
    chunks.
 5. Stream the response down chunk by chunk as it arrives (`readany`), through the inspector.
@@ -36,7 +36,7 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 from yarl import URL
 
-from canaryproxy.core.types import Arm, ErrorKind, Outcome, OutcomeSink
+from canaryproxy.core.types import Role, ErrorKind, Outcome, OutcomeSink
 from canaryproxy.proxy.accesslog import AccessLog
 from canaryproxy.proxy.headers import (
     ACCEPT_ENCODING,
@@ -60,7 +60,7 @@ _WRITE_GUARD_AFTER_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
-    upstreams: Mapping[Arm, str]  # base URLs without trailing slash
+    upstreams: Mapping[Role, str]  # base URLs without trailing slash
     connect_timeout: float = 5.0
     first_byte_timeout: float = 300.0
     idle_timeout: float = 60.0
@@ -105,7 +105,7 @@ def _acceptable_request_id(value: str | None) -> bool:
 
 
 class Forwarder:
-    """The data-plane request handler. One per proxy; one keep-alive pool per arm."""
+    """The data-plane request handler. One per proxy; one keep-alive pool per role."""
 
     def __init__(
         self,
@@ -120,16 +120,16 @@ class Forwarder:
         self.router = router
         self.trusted = trusted
         self.sink = sink
-        self.inspection = inspection  # canaryproxy.inspect settings, or None for no inspection
+        self.inspection = inspection  # canaryproxy.inspection settings, or None for no inspection
         self.access_log = AccessLog() if settings.access_log else None
         self._now = now
-        self._upstream_base = {arm: url.rstrip("/") for arm, url in settings.upstreams.items()}
-        self._sessions: dict[Arm, aiohttp.ClientSession] = {}
+        self._upstream_base = {role: url.rstrip("/") for role, url in settings.upstreams.items()}
+        self._sessions: dict[Role, aiohttp.ClientSession] = {}
         self.draining = False
         self.in_flight = 0
         self._drained: asyncio.Event | None = None
         if inspection is not None:
-            from canaryproxy import inspect as inspect_module
+            from canaryproxy import inspection as inspect_module
 
             self._inspect = inspect_module
         else:
@@ -139,14 +139,14 @@ class Forwarder:
 
     async def start(self) -> None:
         s = self.settings
-        for arm in (Arm.STABLE, Arm.CANARY):
+        for role in (Role.STABLE, Role.CANARY):
             connector = aiohttp.TCPConnector(
                 limit=s.upstream_connections,
                 limit_per_host=0,
                 keepalive_timeout=s.upstream_keepalive,
                 ttl_dns_cache=10,
             )
-            self._sessions[arm] = aiohttp.ClientSession(
+            self._sessions[role] = aiohttp.ClientSession(
                 connector=connector,
                 # A proxy passes bytes through untouched and adds nothing behind the user's back.
                 auto_decompress=False,
@@ -202,9 +202,9 @@ class Forwarder:
         if refusal is not None:
             return refusal
 
-        arm, hash64 = self.router.route(request)
+        role, hash64 = self.router.route(request)
         outcome = Outcome(
-            arm,
+            role,
             started,
             weight=self.router.splitter.weight,
             key_hash=hash64,
@@ -262,7 +262,7 @@ class Forwarder:
 
     async def _forward(self, request: web.BaseRequest, outcome: Outcome) -> web.StreamResponse:
         settings = self.settings
-        arm = outcome.arm
+        role = outcome.role
         body_state = _BodyState()
         body: bytes | AsyncIterator[bytes] | None
         facts = None
@@ -298,8 +298,8 @@ class Forwarder:
             up_headers[ACCEPT_ENCODING] = "identity"
 
         # 4. Upstream.
-        url = URL(self._upstream_base[arm] + request.raw_path, encoded=True)
-        session = self._sessions[arm]
+        url = URL(self._upstream_base[role] + request.raw_path, encoded=True)
+        session = self._sessions[role]
         try:
             upstream = await self._send(session, request.method, url, up_headers, body)
         except (_BodyTooLarge, _ClientBodyTimeout):
@@ -320,7 +320,7 @@ class Forwarder:
             return error_response(
                 413, "body_too_large",
                 f"request body is over the limit of {settings.max_request_body} bytes",
-                arm=arm, served_by_header=settings.served_by_header,
+                role=role, served_by_header=settings.served_by_header,
                 request_id=outcome.request_id, close=True,
             )
         return self._client_body_timeout(request, outcome)
@@ -377,7 +377,7 @@ class Forwarder:
                 method, url, headers=headers, data=body, allow_redirects=False, compress=None
             )
         except aiohttp.ClientConnectorError:
-            # Refused at connect: no byte reached the upstream, so one retry on the same arm is
+            # Refused at connect: no byte reached the upstream, so one retry on the same role is
             # safe. A streamed body may have been consumed, so it is never retried.
             if not (body is None or isinstance(body, bytes)):
                 raise
@@ -399,7 +399,7 @@ class Forwarder:
         outcome.status = upstream.status
         headers = downstream_response_headers(upstream.headers)
         if settings.served_by_header:
-            headers[settings.served_by_header] = outcome.arm.value
+            headers[settings.served_by_header] = outcome.role.value
         if X_REQUEST_ID not in headers:
             headers[X_REQUEST_ID] = outcome.request_id
 
@@ -523,7 +523,7 @@ class Forwarder:
         log.warning(
             "%s upstream failed mid-response (%s) after %d bytes; aborting the client connection "
             "[request_id=%s]",
-            outcome.arm.value, outcome.error.value if outcome.error else "?", outcome.bytes_out,
+            outcome.role.value, outcome.error.value if outcome.error else "?", outcome.bytes_out,
             outcome.request_id,
         )
         transport = request.transport
@@ -535,28 +535,28 @@ class Forwarder:
         self, request: web.BaseRequest, outcome: Outcome, exc: BaseException
     ) -> web.Response:
         """No response from the upstream: answer 502 or 504 in the OpenAI error shape."""
-        arm = outcome.arm
-        base = self._upstream_base[arm]
+        role = outcome.role
+        base = self._upstream_base[role]
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             status, kind = 504, ErrorKind.CONNECT_TIMEOUT
-            message = f"{arm.value} upstream {base} did not accept a connection within {self.settings.connect_timeout:g}s"
+            message = f"{role.value} upstream {base} did not accept a connection within {self.settings.connect_timeout:g}s"
         elif isinstance(exc, asyncio.TimeoutError):
             status, kind = 504, ErrorKind.FIRST_BYTE_TIMEOUT
-            message = f"{arm.value} upstream {base} sent no response within {self.settings.first_byte_timeout:g}s"
+            message = f"{role.value} upstream {base} sent no response within {self.settings.first_byte_timeout:g}s"
         elif isinstance(exc, aiohttp.ClientConnectorError):
             status, kind = 502, ErrorKind.CONNECT
-            message = f"{arm.value} upstream {base} refused or could not be reached: {exc.os_error}"
+            message = f"{role.value} upstream {base} refused or could not be reached: {exc.os_error}"
         elif isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
             status, kind = 502, ErrorKind.RESET
-            message = f"{arm.value} upstream {base} closed the connection without a response"
+            message = f"{role.value} upstream {base} closed the connection without a response"
         else:
             status, kind = 502, ErrorKind.BAD_RESPONSE
-            message = f"{arm.value} upstream {base} sent an invalid response: {_short(exc)}"
+            message = f"{role.value} upstream {base} sent an invalid response: {_short(exc)}"
         outcome.status = status
         outcome.error = kind
         log.warning("%s [request_id=%s]", message, outcome.request_id)
         return error_response(
-            status, f"upstream_{kind.value}", message, arm=arm,
+            status, f"upstream_{kind.value}", message, role=role,
             served_by_header=self.settings.served_by_header, request_id=outcome.request_id,
         )
 
@@ -565,7 +565,7 @@ class Forwarder:
         return error_response(
             408, "client_body_timeout",
             f"the request body did not arrive within {self.settings.client_body_timeout:g}s",
-            arm=outcome.arm, served_by_header=self.settings.served_by_header,
+            role=outcome.role, served_by_header=self.settings.served_by_header,
             request_id=outcome.request_id, close=True,
         )
 

@@ -2,7 +2,7 @@
 
 `{"error": {"message", "type", "code", "param"}}` is what the OpenAI SDKs parse into an exception
 (`openai.BadGatewayError`, `openai.APITimeoutError`, ...), so an SDK user sees a sensible error with
-a readable message instead of a decoding failure. The arm that was involved is named in the
+a readable message instead of a decoding failure. The role that was involved is named in the
 message, in `error.upstream`, and in the served-by header.
 """
 
@@ -12,7 +12,7 @@ import json
 
 from aiohttp import web
 
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -30,7 +30,7 @@ def error_response(
     code: str,
     message: str,
     *,
-    arm: Arm | None = None,
+    role: Role | None = None,
     served_by_header: str | None = None,
     request_id: str | None = None,
     retry_after: int | None = None,
@@ -42,11 +42,11 @@ def error_response(
         "code": code,
         "param": None,
     }
-    if arm is not None:
-        error["upstream"] = arm.value
+    if role is not None:
+        error["upstream"] = role.value
     headers = {}
-    if arm is not None and served_by_header:
-        headers[served_by_header] = arm.value
+    if role is not None and served_by_header:
+        headers[served_by_header] = role.value
     if request_id:
         headers["X-Request-Id"] = request_id
     if retry_after is not None:

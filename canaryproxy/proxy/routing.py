@@ -1,4 +1,4 @@
-"""Which arm serves a request: the sticky key, the override header, and the splitter."""
+"""Which role serves a request: the sticky key, the override header, and the splitter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from aiohttp import web
 
 from canaryproxy.core.splitter import Splitter, key_hash
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 from canaryproxy.proxy.headers import TrustedProxies
 
 KeySource = Callable[[web.BaseRequest], "str | None"]
@@ -31,11 +31,11 @@ def key_source(spec: str, trusted: TrustedProxies) -> KeySource:
     raise ValueError(f"unknown sticky key source {spec!r}")
 
 
-_FORCED = {"stable": Arm.STABLE, "canary": Arm.CANARY}
+_FORCED = {"stable": Role.STABLE, "canary": Role.CANARY}
 
 
 class Router:
-    """Picks the arm of each request: the override header if present, else the sticky split."""
+    """Picks the role of each request: the override header if present, else the sticky split."""
 
     __slots__ = ("splitter", "_sources", "_override_header")
 
@@ -50,8 +50,8 @@ class Router:
         self._sources = tuple(key_source(spec, trusted) for spec in sticky)
         self._override_header = override_header
 
-    def route(self, request: web.BaseRequest) -> tuple[Arm, int | None]:
-        """The arm, and the sticky key's hash (None when no key was present)."""
+    def route(self, request: web.BaseRequest) -> tuple[Role, int | None]:
+        """The role, and the sticky key's hash (None when no key was present)."""
         hash64 = None
         for source in self._sources:
             key = source(request)
@@ -61,7 +61,7 @@ class Router:
         if self._override_header is not None:
             forced = request.headers.get(self._override_header)
             if forced is not None:
-                arm = _FORCED.get(forced.strip().lower())
-                if arm is not None:
-                    return arm, hash64
+                role = _FORCED.get(forced.strip().lower())
+                if role is not None:
+                    return role, hash64
         return self.splitter.choose(hash64), hash64

@@ -23,7 +23,7 @@ from canaryproxy.core.judge import (
     mixture_precision,
     normal_mixture_log_e,
 )
-from canaryproxy.core.types import Arm, ErrorKind, Outcome, Status
+from canaryproxy.core.types import Role, ErrorKind, Outcome, Status
 
 # The defaults behind the reference numbers: alternatives r = geomspace(1.4, 40, 16) for r0 = 1
 # with prior weights π ∝ 1/r; th = lambda q, r: q*r/(q*r + 1 - q). Requests form blocks of 100
@@ -48,7 +48,7 @@ def only(*names: str, tests: dict[str, TestConfig] | None = None, **settings) ->
 def request(canary: bool, weight: float = 5.0, **fields) -> Outcome:
     fields.setdefault("status", 200)
     fields.setdefault("started", 0.0)
-    return Outcome(arm=Arm.CANARY if canary else Arm.STABLE, weight=weight, **fields)
+    return Outcome(role=Role.CANARY if canary else Role.STABLE, weight=weight, **fields)
 
 
 def error(canary: bool, weight: float = 5.0, **fields) -> Outcome:

@@ -10,20 +10,20 @@ from hypothesis import strategies as st
 
 from canaryproxy.core.metrics import MetricValue, Unit
 from canaryproxy.core.rules import Comparison, Rule, RuleEngine, format_value
-from canaryproxy.core.types import Arm, Status
+from canaryproxy.core.types import Role, Status
 
 
 class TableSource:
-    """Metric values looked up by (arm, metric): tests set what each evaluation should see."""
+    """Metric values looked up by (role, metric): tests set what each evaluation should see."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple[Arm, str], MetricValue] = {}
+        self.values: dict[tuple[Role, str], MetricValue] = {}
 
-    def set(self, arm: Arm, metric: str, value: float | None, samples: int) -> None:
-        self.values[(arm, metric)] = MetricValue(value, samples)
+    def set(self, role: Role, metric: str, value: float | None, samples: int) -> None:
+        self.values[(role, metric)] = MetricValue(value, samples)
 
-    def metric(self, arm: Arm, name: str, window: float, t: float) -> MetricValue:
-        return self.values[(arm, name)]
+    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
+        return self.values[(role, name)]
 
 
 def errors_rule(for_: float = 300.0, **overrides: Any) -> Rule:
@@ -37,8 +37,8 @@ def errors_rule(for_: float = 300.0, **overrides: Any) -> Rule:
 def source_with(canary: tuple[float | None, int], stable: tuple[float | None, int] = (0.009, 6210),
                 metric: str = "error_rate") -> TableSource:
     source = TableSource()
-    source.set(Arm.CANARY, metric, *canary)
-    source.set(Arm.STABLE, metric, *stable)
+    source.set(Role.CANARY, metric, *canary)
+    source.set(Role.STABLE, metric, *stable)
     return source
 
 
@@ -299,8 +299,8 @@ def test_below_uses_the_other_direction() -> None:
 
 def test_one_verdict_per_rule_in_rule_order() -> None:
     source = source_with(BREACH)
-    source.set(Arm.CANARY, "latency_p95", 1.0, 340)
-    source.set(Arm.STABLE, "latency_p95", 1.0, 6000)
+    source.set(Role.CANARY, "latency_p95", 1.0, 340)
+    source.set(Role.STABLE, "latency_p95", 1.0, 6000)
     engine = RuleEngine([
         Rule("latency", "latency_p95", Comparison.ABOVE, 10.0, 60.0, 0.0),
         errors_rule(for_=0.0),

@@ -3,14 +3,14 @@ import random
 from hypothesis import given, strategies as st
 
 from canaryproxy.core.splitter import BUCKETS, Splitter, key_hash, weight_to_buckets
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 
 KEYS = [f"user-{i}" for i in range(100_000)]
 HASHES = [key_hash(k) for k in KEYS]
 
 
 def canary_share(splitter: Splitter, hashes) -> float:
-    return sum(splitter.choose(h) is Arm.CANARY for h in hashes) / len(hashes)
+    return sum(splitter.choose(h) is Role.CANARY for h in hashes) / len(hashes)
 
 
 def test_100k_keys_at_weight_10_land_within_0_3_percent():
@@ -19,9 +19,9 @@ def test_100k_keys_at_weight_10_land_within_0_3_percent():
 
 def test_raising_the_weight_keeps_every_canary_key_on_the_canary():
     splitter = Splitter(5)
-    on_canary = {h for h in HASHES if splitter.choose(h) is Arm.CANARY}
+    on_canary = {h for h in HASHES if splitter.choose(h) is Role.CANARY}
     splitter.set_weight(25)
-    assert all(splitter.choose(h) is Arm.CANARY for h in on_canary)
+    assert all(splitter.choose(h) is Role.CANARY for h in on_canary)
     assert abs(canary_share(splitter, HASHES) - 0.25) <= 0.003
 
 
@@ -32,7 +32,7 @@ def test_monotone_for_any_increasing_weights(buckets, hash64):
     seen_canary = False
     for weight in weights:
         splitter.set_weight(weight)
-        on_canary = splitter.choose(hash64) is Arm.CANARY
+        on_canary = splitter.choose(hash64) is Role.CANARY
         assert on_canary or not seen_canary, "a key went back from canary to stable as weight grew"
         seen_canary = on_canary
 
@@ -40,13 +40,13 @@ def test_monotone_for_any_increasing_weights(buckets, hash64):
 def test_weight_0_sends_everyone_to_stable_and_100_everyone_to_canary():
     assert canary_share(Splitter(0), HASHES[:10_000]) == 0.0
     assert canary_share(Splitter(100), HASHES[:10_000]) == 1.0
-    assert Splitter(0).choose(None) is Arm.STABLE
-    assert Splitter(100).choose(None) is Arm.CANARY
+    assert Splitter(0).choose(None) is Role.STABLE
+    assert Splitter(100).choose(None) is Role.CANARY
 
 
 def test_requests_without_a_key_split_at_random_with_the_same_probability():
     splitter = Splitter(10, rng=random.Random(7))
-    share = sum(splitter.choose(None) is Arm.CANARY for _ in range(100_000)) / 100_000
+    share = sum(splitter.choose(None) is Role.CANARY for _ in range(100_000)) / 100_000
     assert abs(share - 0.10) <= 0.003
 
 

@@ -29,7 +29,7 @@ from canaryproxy.core.stages import (
     rebase,
     step,
 )
-from canaryproxy.core.types import Arm, Status, Verdict
+from canaryproxy.core.types import Role, Status, Verdict
 from canaryproxy.errors import CommandRejected
 
 MINUTE = 60.0
@@ -37,7 +37,7 @@ T0 = 1000.0
 
 
 class TableSource:
-    """Metric values by (arm, metric). Starts healthy on both arms for every metric RULES uses."""
+    """Metric values by (role, metric). Starts healthy on both roles for every metric RULES uses."""
 
     HEALTHY = {
         "error_rate": 0.01,
@@ -48,18 +48,18 @@ class TableSource:
     }
 
     def __init__(self, canary_samples: int = 300, stable_samples: int = 6000) -> None:
-        self.values: dict[tuple[Arm, str], MetricValue] = {}
+        self.values: dict[tuple[Role, str], MetricValue] = {}
         for metric, value in self.HEALTHY.items():
-            self.set(Arm.CANARY, metric, value, canary_samples)
-            self.set(Arm.STABLE, metric, value, stable_samples)
+            self.set(Role.CANARY, metric, value, canary_samples)
+            self.set(Role.STABLE, metric, value, stable_samples)
 
-    def set(self, arm: Arm, metric: str, value: float | None, samples: int | None = None) -> None:
+    def set(self, role: Role, metric: str, value: float | None, samples: int | None = None) -> None:
         if samples is None:
-            samples = self.values[(arm, metric)].samples
-        self.values[(arm, metric)] = MetricValue(value, samples)
+            samples = self.values[(role, metric)].samples
+        self.values[(role, metric)] = MetricValue(value, samples)
 
-    def metric(self, arm: Arm, name: str, window: float, t: float) -> MetricValue:
-        return self.values[(arm, name)]
+    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
+        return self.values[(role, name)]
 
 
 # The example rules of the brief, as config would build them.
@@ -143,7 +143,7 @@ def test_a_healthy_canary_is_promoted_through_every_stage_after_each_hold() -> N
 
 def test_twenty_percent_errors_roll_back_once_the_rule_has_held_for_its_for_duration() -> None:
     rollout = started()
-    rollout.source.set(Arm.CANARY, "error_rate", 0.2)
+    rollout.source.set(Role.CANARY, "error_rate", 0.2)
     rollout.run(5 * MINUTE)  # first breach at the first tick, +10 s: still pending at +5m
     assert rollout.state.phase is Phase.PROGRESSING
     rollout.tick()
@@ -161,7 +161,7 @@ def test_twenty_percent_errors_roll_back_once_the_rule_has_held_for_its_for_dura
 
 
 @pytest.mark.parametrize(
-    ("rule", "arm_values", "for_"),
+    ("rule", "role_values", "for_"),
     [
         ("latency", {"latency_p95": 14.0}, 5 * MINUTE),
         ("tokens", {"tokens_per_request": 700.0}, 10 * MINUTE),
@@ -170,14 +170,14 @@ def test_twenty_percent_errors_roll_back_once_the_rule_has_held_for_its_for_dura
     ],
 )
 def test_each_rule_rolls_back_a_canary_that_breaches_it_at_a_later_stage(
-    rule: str, arm_values: dict[str, float], for_: float
+    rule: str, role_values: dict[str, float], for_: float
 ) -> None:
     rollout = started()
     rollout.run(10 * MINUTE)
     assert rollout.state.weight == 25
     breach_start = rollout.t + 10
-    for metric, value in arm_values.items():
-        rollout.source.set(Arm.CANARY, metric, value)
+    for metric, value in role_values.items():
+        rollout.source.set(Role.CANARY, metric, value)
     rollout.run(60 * MINUTE)
     assert rollout.state.phase is Phase.ROLLED_BACK
     assert rollout.t == breach_start + for_
@@ -239,8 +239,8 @@ def test_a_stage_that_gets_its_data_late_advances_as_soon_as_it_has_it() -> None
 
 def test_the_same_failure_on_stable_pauses_instead_of_rolling_back() -> None:
     rollout = started()
-    rollout.source.set(Arm.CANARY, "error_rate", 0.2)
-    rollout.source.set(Arm.STABLE, "error_rate", 0.15)
+    rollout.source.set(Role.CANARY, "error_rate", 0.2)
+    rollout.source.set(Role.STABLE, "error_rate", 0.15)
     rollout.run(60 * MINUTE)
     assert rollout.state.phase is Phase.PAUSED
     assert rollout.state.weight == 5
@@ -253,8 +253,8 @@ def test_the_same_failure_on_stable_pauses_instead_of_rolling_back() -> None:
 
 def test_on_stable_breach_rollback_rolls_back_anyway() -> None:
     rollout = started(plan=replace(PLAN, on_stable_breach=StableBreachPolicy.ROLLBACK))
-    rollout.source.set(Arm.CANARY, "error_rate", 0.2)
-    rollout.source.set(Arm.STABLE, "error_rate", 0.15)
+    rollout.source.set(Role.CANARY, "error_rate", 0.2)
+    rollout.source.set(Role.STABLE, "error_rate", 0.15)
     rollout.run(60 * MINUTE)
     assert rollout.state.phase is Phase.ROLLED_BACK
     assert rollout.weights() == [5, 0]
@@ -262,8 +262,8 @@ def test_on_stable_breach_rollback_rolls_back_anyway() -> None:
 
 def test_on_stable_breach_ignore_neither_fires_nor_blocks() -> None:
     rollout = started(plan=replace(PLAN, on_stable_breach=StableBreachPolicy.IGNORE))
-    rollout.source.set(Arm.CANARY, "error_rate", 0.2)
-    rollout.source.set(Arm.STABLE, "error_rate", 0.15)
+    rollout.source.set(Role.CANARY, "error_rate", 0.2)
+    rollout.source.set(Role.STABLE, "error_rate", 0.15)
     rollout.run(3 * 60 * MINUTE)
     assert rollout.state.phase is Phase.PROMOTED
     assert rollout.weights() == [5, 25, 50, 100]

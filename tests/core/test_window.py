@@ -7,12 +7,12 @@ from hypothesis import given, settings, strategies as st
 
 from canaryproxy.core.histogram import Histogram
 from canaryproxy.core.metrics import METRICS
-from canaryproxy.core.types import Arm, ErrorKind, Outcome
+from canaryproxy.core.types import Role, ErrorKind, Outcome
 from canaryproxy.core.window import (
     COUNT_LAYOUT,
     LATENCY_LAYOUT,
     MAX_RUNNING_SPANS,
-    ArmWindow,
+    RoleWindow,
     WindowConfig,
     Windows,
     whole_buckets,
@@ -32,7 +32,7 @@ optional_count = st.none() | st.integers(min_value=0, max_value=100_000)
 
 outcomes = st.builds(
     Outcome,
-    arm=st.sampled_from(Arm),
+    role=st.sampled_from(Role),
     started=st.just(0.0),
     status=st.sampled_from([0, 200, 204, 301, 404, 408, 413, 429, 500, 502, 503, 504]),
     latency=st.floats(min_value=0.0, max_value=1000.0),
@@ -75,23 +75,23 @@ def scenarios(draw):
             buckets = draw(st.sampled_from(spans))
             # A span that is not a whole number of buckets covers the next whole number.
             shortfall = draw(st.sampled_from([0.0, 0.5])) * config.bucket_seconds
-            arm = draw(st.sampled_from(Arm))
+            role = draw(st.sampled_from(Role))
             span = buckets * config.bucket_seconds - shortfall
-            operations.append(("snapshot", arm, buckets, span, clock - late))
+            operations.append(("snapshot", role, buckets, span, clock - late))
         else:
             operations.append(("record", draw(st.sampled_from(pool)), clock - late))
     return config, operations
 
 
 class BruteForce:
-    """Keeps every raw outcome and answers from the definition: each arm's ring keeps the buckets
-    within `ring_size` of the newest bucket recorded on that arm; a record for an older bucket is
+    """Keeps every raw outcome and answers from the definition: each role's ring keeps the buckets
+    within `ring_size` of the newest bucket recorded on that role; a record for an older bucket is
     dropped."""
 
     def __init__(self, config: WindowConfig) -> None:
         self.config = config
         self.kept: list[tuple[Outcome, int]] = []
-        self.newest = {arm: -math.inf for arm in Arm}
+        self.newest = {role: -math.inf for role in Role}
         self.dropped = Counter()
 
     def index(self, t: float) -> int:
@@ -99,17 +99,17 @@ class BruteForce:
 
     def record(self, outcome: Outcome, t: float) -> None:
         index = self.index(t)
-        if index <= self.newest[outcome.arm] - self.config.ring_size:
-            self.dropped[outcome.arm] += 1
+        if index <= self.newest[outcome.role] - self.config.ring_size:
+            self.dropped[outcome.role] += 1
             return
-        self.newest[outcome.arm] = max(self.newest[outcome.arm], index)
+        self.newest[outcome.role] = max(self.newest[outcome.role], index)
         self.kept.append((outcome, index))
 
-    def outcomes(self, arm: Arm, span_buckets: int, t: float) -> list[Outcome]:
+    def outcomes(self, role: Role, span_buckets: int, t: float) -> list[Outcome]:
         now = self.index(t)
-        oldest_kept = self.newest[arm] - self.config.ring_size
+        oldest_kept = self.newest[role] - self.config.ring_size
         return [o for o, index in self.kept
-                if o.arm is arm and now - span_buckets < index <= now and index > oldest_kept]
+                if o.role is role and now - span_buckets < index <= now and index > oldest_kept]
 
 
 def histogram(layout, values) -> Histogram:
@@ -184,20 +184,20 @@ def test_snapshots_equal_a_brute_force_count_of_the_raw_outcomes(scenario):
             windows.record(outcome, t)
             brute.record(outcome, t)
         else:
-            _, arm, buckets, span, t = operation
-            snapshot = windows.snapshot(arm, span, t)
-            expected = brute.outcomes(arm, buckets, t)
+            _, role, buckets, span, t = operation
+            snapshot = windows.snapshot(role, span, t)
+            expected = brute.outcomes(role, buckets, t)
             assert_snapshot_matches(snapshot, expected, buckets * config.bucket_seconds)
-    for arm in Arm:
-        assert windows[arm].dropped_late == brute.dropped[arm]
+    for role in Role:
+        assert windows[role].dropped_late == brute.dropped[role]
 
 
-def llm_outcome(arm: Arm = Arm.CANARY, **fields) -> Outcome:
-    return Outcome(arm=arm, started=0.0, **{"status": 200, "latency": 1.0, **fields})
+def llm_outcome(role: Role = Role.CANARY, **fields) -> Outcome:
+    return Outcome(role=role, started=0.0, **{"status": 200, "latency": 1.0, **fields})
 
 
 def test_a_late_record_under_a_running_tally_is_in_the_next_snapshot():
-    window = ArmWindow(WindowConfig(1.0, 10.0))
+    window = RoleWindow(WindowConfig(1.0, 10.0))
     window.record(llm_outcome(latency=1.0), 100.5)
     assert window.snapshot(5.0, 103.5).requests == 1  # the span's running tally now holds 99..102
     window.record(llm_outcome(latency=2.0), 101.5)  # late: its bucket is in that tally
@@ -207,7 +207,7 @@ def test_a_late_record_under_a_running_tally_is_in_the_next_snapshot():
 
 
 def test_a_reused_slot_under_a_running_tally_leaves_it():
-    window = ArmWindow(WindowConfig(1.0, 10.0))  # 11 slots
+    window = RoleWindow(WindowConfig(1.0, 10.0))  # 11 slots
     window.record(llm_outcome(), 100.5)
     window.record(llm_outcome(), 105.5)
     assert window.snapshot(10.0, 109.5).requests == 2  # the running tally holds buckets 100..108
@@ -228,12 +228,12 @@ def test_more_spans_than_running_tallies_stay_exact():
             windows.record(outcome, outcome_t)
             brute.record(outcome, outcome_t)
         span = spans[step % len(spans)]
-        expected = brute.outcomes(Arm.CANARY, span, t)
-        assert_snapshot_matches(windows.snapshot(Arm.CANARY, span, t), expected, span)
+        expected = brute.outcomes(Role.CANARY, span, t)
+        assert_snapshot_matches(windows.snapshot(Role.CANARY, span, t), expected, span)
 
 
 def test_outcomes_older_than_the_ring_are_dropped_and_counted():
-    window = ArmWindow(WindowConfig(1.0, 10.0))
+    window = RoleWindow(WindowConfig(1.0, 10.0))
     window.record(llm_outcome(), 120.0)
     window.record(llm_outcome(), 109.0)  # 11 buckets before the newest: older than the ring
     window.record(llm_outcome(), 110.0)  # 10 buckets before: still kept
@@ -243,7 +243,7 @@ def test_outcomes_older_than_the_ring_are_dropped_and_counted():
 
 
 def test_every_catalogue_metric_is_computable_and_nothing_else_is():
-    snapshot = Windows().snapshot(Arm.CANARY, 60.0, 1000.0)
+    snapshot = Windows().snapshot(Role.CANARY, 60.0, 1000.0)
     for name in METRICS:
         assert snapshot.metric(name).samples == 0
         assert snapshot.metric(name).value is None, name
@@ -265,9 +265,9 @@ def test_metrics_of_a_small_window_by_hand():
     windows.record(llm_outcome(latency=100.0, error=ErrorKind.CLIENT_DISCONNECT,
                                completion_tokens=1, output_chars=3, cost_usd=9.0,
                                guardrails=("input",)), t)
-    windows.record(llm_outcome(Arm.STABLE, status=500), t)
+    windows.record(llm_outcome(Role.STABLE, status=500), t)
 
-    snapshot = windows.snapshot(Arm.CANARY, 60.0, t + 30)
+    snapshot = windows.snapshot(Role.CANARY, 60.0, t + 30)
     values = {name: snapshot.metric(name) for name in METRICS}
     exact = {
         "error_rate": (1 / 3, 3),
@@ -308,7 +308,7 @@ def test_metrics_of_a_small_window_by_hand():
 def test_summary_is_json_with_counts_and_every_metric():
     windows = Windows()
     windows.record(llm_outcome(ttft=0.1, completion_tokens=5, cost_usd=0.001), 10.0)
-    summary = json.loads(json.dumps(windows.snapshot(Arm.CANARY, 300.0, 10.0).summary()))
+    summary = json.loads(json.dumps(windows.snapshot(Role.CANARY, 300.0, 10.0).summary()))
     assert summary["requests"] == 1
     assert summary["span_seconds"] == 300.0
     assert summary["metrics"].keys() == METRICS.keys()
@@ -317,7 +317,7 @@ def test_summary_is_json_with_counts_and_every_metric():
 
 
 def test_an_idle_ring_holds_no_histogram_bins():
-    window = ArmWindow(WindowConfig(1.0, 10.0))  # 11 slots
+    window = RoleWindow(WindowConfig(1.0, 10.0))  # 11 slots
     for t in (100.0, 500.0, 10_000.0):
         for span in (1.0, 5.0, 10.0):
             assert window.snapshot(span, t).requests == 0
@@ -325,7 +325,7 @@ def test_an_idle_ring_holds_no_histogram_bins():
 
 
 def test_idle_seconds_add_no_bins_and_a_reused_slot_gives_its_bins_back():
-    window = ArmWindow(WindowConfig(1.0, 10.0))  # 11 slots
+    window = RoleWindow(WindowConfig(1.0, 10.0))  # 11 slots
     for second in range(10):  # four bins a bucket: latency, ttft, tokens, characters
         outcome = llm_outcome(latency=1.0 + second, ttft=0.1, completion_tokens=7, output_chars=9)
         window.record(outcome, 100.5 + second)
@@ -342,7 +342,7 @@ def test_idle_seconds_add_no_bins_and_a_reused_slot_gives_its_bins_back():
 
 def test_stored_bins_never_exceed_the_configured_bound():
     config = WindowConfig(1.0, 3.0)  # 4 slots
-    window = ArmWindow(config)
+    window = RoleWindow(config)
     per_tally = 2 * LATENCY_LAYOUT.bin_limit + 2 * COUNT_LAYOUT.bin_limit
     bound = (config.ring_size + MAX_RUNNING_SPANS) * per_tally
     # Values stepping by gamma fill every bin of every histogram, in every bucket.
@@ -365,15 +365,15 @@ def test_stored_bins_never_exceed_the_configured_bound():
 @pytest.mark.parametrize("span", [0.0, -1.0, math.nan, math.inf])
 def test_a_span_that_is_not_a_positive_number_is_rejected(span):
     with pytest.raises(ValueError, match="snapshot span must be a positive number of seconds"):
-        Windows().snapshot(Arm.STABLE, span, 1000.0)
+        Windows().snapshot(Role.STABLE, span, 1000.0)
 
 
 def test_a_span_longer_than_the_ring_is_rejected():
     windows = Windows(WindowConfig(1.0, 900.0))
-    assert windows.snapshot(Arm.STABLE, 900.0, 1000.0).span == 900.0
+    assert windows.snapshot(Role.STABLE, 900.0, 1000.0).span == 900.0
     message = "snapshot span 901s is longer than the 900s the window keeps"
     with pytest.raises(ValueError, match=message):
-        windows.snapshot(Arm.STABLE, 901.0, 1000.0)
+        windows.snapshot(Role.STABLE, 901.0, 1000.0)
 
 
 @pytest.mark.parametrize(

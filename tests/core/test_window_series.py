@@ -4,22 +4,22 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from canaryproxy.core.metrics import METRICS
-from canaryproxy.core.types import Arm, ErrorKind, Outcome
-from canaryproxy.core.window import MAX_SERIES_POINTS, ArmWindow, WindowConfig
+from canaryproxy.core.types import Role, ErrorKind, Outcome
+from canaryproxy.core.window import MAX_SERIES_POINTS, RoleWindow, WindowConfig
 
 DASHBOARD = ("request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request",
              "guardrail_rate")
 
 
 def outcome(**fields) -> Outcome:
-    return Outcome(arm=Arm.CANARY, started=0.0, **{"status": 200, "latency": 1.0, **fields})
+    return Outcome(role=Role.CANARY, started=0.0, **{"status": 200, "latency": 1.0, **fields})
 
 
 # --- by hand -----------------------------------------------------------------------------------------
 
 
 def test_points_are_aligned_steps_of_closed_buckets_oldest_first():
-    window = ArmWindow(WindowConfig(1.0, 20.0))
+    window = RoleWindow(WindowConfig(1.0, 20.0))
     window.record(outcome(latency=0.5), 100.2)  # step 100..101
     window.record(outcome(latency=1.5, status=500), 103.9)  # step 102..103
     window.record(outcome(latency=9.0), 105.5)  # bucket 105: still open at t=105.7
@@ -33,7 +33,7 @@ def test_points_are_aligned_steps_of_closed_buckets_oldest_first():
 
 
 def test_the_newest_point_rates_over_the_buckets_it_holds():
-    window = ArmWindow(WindowConfig(1.0, 60.0))
+    window = RoleWindow(WindowConfig(1.0, 60.0))
     for i in range(30):
         window.record(outcome(), 120.0 + i / 10)  # 10 per second in buckets 120..122
     series = window.series(30.0, 10.0, 123.5, ["request_rate"])
@@ -44,13 +44,13 @@ def test_the_newest_point_rates_over_the_buckets_it_holds():
 
 
 def test_a_point_with_no_samples_is_none_for_every_metric():
-    series = ArmWindow(WindowConfig(1.0, 60.0)).series(60.0, 5.0, 1000.0, list(METRICS))
+    series = RoleWindow(WindowConfig(1.0, 60.0)).series(60.0, 5.0, 1000.0, list(METRICS))
     assert len(series.ends) == 12
     assert all(value is None for values in series.values.values() for value in values)
 
 
 def test_requests_the_version_is_not_judged_on_count_in_the_rate_only():
-    window = ArmWindow(WindowConfig(1.0, 10.0))
+    window = RoleWindow(WindowConfig(1.0, 10.0))
     window.record(outcome(error=ErrorKind.CLIENT_DISCONNECT, status=0, latency=3.0), 10.5)
     series = window.series(2.0, 2.0, 12.0, DASHBOARD)
     assert series.values["request_rate"] == (0.5,)
@@ -59,7 +59,7 @@ def test_requests_the_version_is_not_judged_on_count_in_the_rate_only():
 
 
 def test_a_late_record_in_a_step_already_drawn_is_in_the_next_series():
-    window = ArmWindow(WindowConfig(1.0, 30.0))
+    window = RoleWindow(WindowConfig(1.0, 30.0))
     window.record(outcome(prompt_tokens=10, completion_tokens=10), 100.5)
     first = window.series(30.0, 5.0, 112.0, ["tokens_per_request"])
     assert first.values["tokens_per_request"][-3] == 20.0  # step 100..104
@@ -69,7 +69,7 @@ def test_a_late_record_in_a_step_already_drawn_is_in_the_next_series():
 
 
 def test_an_expired_step_already_drawn_empties():
-    window = ArmWindow(WindowConfig(1.0, 10.0))  # the ring keeps 11 buckets
+    window = RoleWindow(WindowConfig(1.0, 10.0))  # the ring keeps 11 buckets
     window.record(outcome(), 100.5)
     assert window.series(10.0, 5.0, 106.0, ["request_rate"]).values["request_rate"] == (0.2, None)
     window.record(outcome(), 112.5)  # bucket 100 is now 12 behind the newest: expired
@@ -80,7 +80,7 @@ def test_an_expired_step_already_drawn_empties():
 
 
 def test_a_new_step_or_metric_list_gives_its_own_points():
-    window = ArmWindow(WindowConfig(1.0, 30.0))
+    window = RoleWindow(WindowConfig(1.0, 30.0))
     for second in range(20):
         window.record(outcome(latency=1.0 + second), 100.5 + second)
     five = window.series(20.0, 5.0, 120.0, ["latency_p95"])
@@ -91,7 +91,7 @@ def test_a_new_step_or_metric_list_gives_its_own_points():
 
 
 def test_bucket_fractions_line_up():
-    window = ArmWindow(WindowConfig(0.1, 3.0))
+    window = RoleWindow(WindowConfig(0.1, 3.0))
     window.record(outcome(), 10.05)
     series = window.series(3.0, 0.3, 10.45, ["request_rate"])
     assert len(series.ends) == 10
@@ -114,12 +114,12 @@ def test_bucket_fractions_line_up():
 )
 def test_bad_spans_and_steps_say_what_is_wrong(span, step, message):
     with pytest.raises(ValueError, match=message):
-        ArmWindow(WindowConfig(1.0, 900.0)).series(span, step, 1000.0, DASHBOARD)
+        RoleWindow(WindowConfig(1.0, 900.0)).series(span, step, 1000.0, DASHBOARD)
 
 
 def test_an_unknown_metric_is_refused_even_without_data():
     with pytest.raises(KeyError, match="unknown metric 'error_ratio'; known metrics: error_rate"):
-        ArmWindow(WindowConfig()).series(60.0, 5.0, 1000.0, ["error_ratio"])
+        RoleWindow(WindowConfig()).series(60.0, 5.0, 1000.0, ["error_ratio"])
 
 
 # --- against a brute-force count --------------------------------------------------------------------
@@ -184,7 +184,7 @@ class Kept:
 
 def expected_point(outcomes: list[Outcome], buckets: int, config: WindowConfig) -> dict:
     """The metrics of exactly these outcomes over `buckets` buckets: a snapshot of a fresh window."""
-    fresh = ArmWindow(config)
+    fresh = RoleWindow(config)
     for o in outcomes:
         fresh.record(o, 0.0)
     snapshot = fresh.snapshot(buckets * config.bucket_seconds, 0.0)
@@ -196,7 +196,7 @@ def expected_point(outcomes: list[Outcome], buckets: int, config: WindowConfig) 
 def test_every_point_equals_the_metrics_of_the_outcomes_in_its_buckets(scenario):
     config, operations = scenario
     b = config.bucket_seconds
-    window, kept = ArmWindow(config), Kept(config)
+    window, kept = RoleWindow(config), Kept(config)
     for operation in operations:
         if operation[0] == "record":
             _, o, t = operation

@@ -53,16 +53,16 @@ async def test_streaming_chat_completion_through_the_proxy(llm_proxy):
     assert usage is not None and usage.completion_tokens == 4
 
 
-async def test_sticky_user_keeps_its_arm(llm_proxy):
+async def test_sticky_user_keeps_its_role(llm_proxy):
     proxy, client = llm_proxy
-    arms = set()
+    roles = set()
     for _ in range(5):
         raw = await client.chat.completions.with_raw_response.create(
             model="m-1", messages=[{"role": "user", "content": "hi"}],
             extra_headers={"x-user-id": "bob"},
         )
-        arms.add(raw.headers["x-canary-version"])
-    assert len(arms) == 1
+        roles.add(raw.headers["x-canary-version"])
+    assert len(roles) == 1
 
 
 async def test_an_unreachable_upstream_is_a_bad_gateway_error_for_the_sdk(make_proxy, unused_tcp_port):

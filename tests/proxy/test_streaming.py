@@ -163,6 +163,6 @@ async def test_one_outcome_per_request_with_sizes_and_timings(upstreams, make_pr
             await r.read()
     await eventually(lambda: len(sink.outcomes) == 2)
     post, sse = sink.outcomes
-    assert (post.arm.value, post.status, post.bytes_in, post.error, post.truncated) == ("stable", 200, 5, None, False)
+    assert (post.role.value, post.status, post.bytes_in, post.error, post.truncated) == ("stable", 200, 5, None, False)
     assert sse.bytes_out == 18 and sse.ttfb is not None and 0 < sse.ttfb <= sse.latency
     assert len(post.request_id) == 32

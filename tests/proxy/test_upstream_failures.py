@@ -16,7 +16,7 @@ async def post(proxy, path="/v1/chat/completions", **kwargs):
             return r.status, await r.json(), r.headers
 
 
-async def test_refused_connection_is_502_naming_the_arm(make_proxy, unused_tcp_port):
+async def test_refused_connection_is_502_naming_the_role(make_proxy, unused_tcp_port):
     proxy = await make_proxy(canary_url=f"http://127.0.0.1:{unused_tcp_port}", routing={"weight": 100})
     status, body, headers = await post(proxy)
     assert status == 502
@@ -139,5 +139,5 @@ async def test_stable_keeps_flowing_while_the_canary_is_down(make_proxy, unused_
             async with client.get(f"http://127.0.0.1:{proxy.data_port}/",
                                   headers={"x-user-id": f"u{i}"}) as r:
                 results.append((r.headers["x-canary-version"], r.status))
-    assert {s for arm, s in results if arm == "stable"} == {200}
-    assert {s for arm, s in results if arm == "canary"} == {502}
+    assert {s for role, s in results if role == "stable"} == {200}
+    assert {s for role, s in results if role == "canary"} == {502}

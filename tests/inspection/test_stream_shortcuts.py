@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from inspect_support import as_dict, run, split_at
 
 from canaryproxy.core.types import Outcome
-from canaryproxy.inspect import InspectionSettings, TextRule
+from canaryproxy.inspection import InspectionSettings, TextRule
 
 CHAT = "/v1/chat/completions"
 NOT_JSON_STRINGS = [

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from canaryproxy.inspect import jsonbytes
-from canaryproxy.inspect.findings import Findings, record_outcome
-from canaryproxy.inspect.request import RequestFacts
-from canaryproxy.inspect.settings import InspectionSettings
+from canaryproxy.inspection import jsonbytes
+from canaryproxy.inspection.findings import Findings, record_outcome
+from canaryproxy.inspection.request import RequestFacts
+from canaryproxy.inspection.settings import InspectionSettings
 
 BodyReader = Callable[[dict[str, Any], Findings], None]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from canaryproxy.inspect.findings import Findings
-from canaryproxy.inspect.guardrails import REFUSAL
+from canaryproxy.inspection.findings import Findings
+from canaryproxy.inspection.guardrails import REFUSAL
 
 TEXT = b'"text":"'
 PARTIAL_JSON = b'"partial_json":"'

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryproxy.inspect import jsonbytes
-from canaryproxy.inspect.settings import InspectionSettings
+from canaryproxy.inspection import jsonbytes
+from canaryproxy.inspection.settings import InspectionSettings
 
 CHAT = "chat.completions"
 COMPLETIONS = "completions"

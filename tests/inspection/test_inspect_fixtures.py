@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inspect_support import FIRST_TOKEN_AT, STARTED, as_dict, fixture, run, split_at
 
-from canaryproxy.core.types import Arm, Outcome
-from canaryproxy.inspect import InspectionSettings, Price, PriceTable
+from canaryproxy.core.types import Role, Outcome
+from canaryproxy.inspection import InspectionSettings, Price, PriceTable
 
 TTFT = FIRST_TOKEN_AT - STARTED
-PRICES = PriceTable(models={"gpt-4o-2024-08-06": Price(2.5, 10.0)}, arms={Arm.CANARY: Price(1.0, 2.0)})
+PRICES = PriceTable(models={"gpt-4o-2024-08-06": Price(2.5, 10.0)}, roles={Role.CANARY: Price(1.0, 2.0)})
 SETTINGS = InspectionSettings(prices=PRICES)
 NO_INJECTION = InspectionSettings(prices=PRICES, inject_stream_usage=False)
 JSON = "application/json"
@@ -56,7 +56,7 @@ class Case:
     drops_usage_event: bool = False
 
     def expected_outcome(self) -> dict[str, Any]:
-        expected = as_dict(Outcome(arm=Arm.CANARY, started=STARTED))
+        expected = as_dict(Outcome(role=Role.CANARY, started=STARTED))
         expected.update(self.expect)
         return expected
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from canaryproxy.inspect import InspectionSettings, RequestFacts, api_for_path, read_request
+from canaryproxy.inspection import InspectionSettings, RequestFacts, api_for_path, read_request
 
 SETTINGS = InspectionSettings()
 CHAT = "/v1/chat/completions"

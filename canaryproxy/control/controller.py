@@ -42,12 +42,12 @@ from canaryproxy.core.stages import (
     rebase,
     step,
 )
-from canaryproxy.core.types import Arm, Outcome, Status, Verdict
+from canaryproxy.core.types import Role, Outcome, Status, Verdict
 from canaryproxy.core.window import Windows, WindowSnapshot
 from canaryproxy.errors import StateError
-from canaryproxy.state import StateStore
+from canaryproxy.backends.state import StateStore
 
-log = logging.getLogger("canaryproxy.controller")
+log = logging.getLogger("canaryproxy.control.controller")
 decision_log = logging.getLogger("canaryproxy.decisions")
 
 # Stable's p95 and p99 latency for the judge's latency tests are fixed from this much of stable's
@@ -58,21 +58,21 @@ LATENCY_BASELINE_MIN_REQUESTS = 100
 
 
 class WindowSource:
-    """The rules' MetricSource over the live windows; one snapshot per (arm, window) per evaluation."""
+    """The rules' MetricSource over the live windows; one snapshot per (role, window) per evaluation."""
 
     def __init__(self, windows: Windows) -> None:
         self._windows = windows
-        self._snapshots: dict[tuple[Arm, float, float], WindowSnapshot] = {}
+        self._snapshots: dict[tuple[Role, float, float], WindowSnapshot] = {}
 
-    def snapshot(self, arm: Arm, window: float, t: float) -> WindowSnapshot:
-        key = (arm, window, t)
+    def snapshot(self, role: Role, window: float, t: float) -> WindowSnapshot:
+        key = (role, window, t)
         snapshot = self._snapshots.get(key)
         if snapshot is None:
-            snapshot = self._snapshots[key] = self._windows.snapshot(arm, window, t)
+            snapshot = self._snapshots[key] = self._windows.snapshot(role, window, t)
         return snapshot
 
-    def metric(self, arm: Arm, name: str, window: float, t: float) -> MetricValue:
-        return self.snapshot(arm, window, t).metric(name)
+    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
+        return self.snapshot(role, window, t).metric(name)
 
 
 def verdict_record(verdict: Verdict) -> dict[str, Any]:
@@ -127,7 +127,7 @@ class Controller:
     # --- OutcomeSink -----------------------------------------------------------------------------
 
     def record(self, outcome: Outcome) -> None:
-        if outcome.arm is Arm.CANARY and outcome.counts_for_version:
+        if outcome.role is Role.CANARY and outcome.counts_for_version:
             self._new_canary_requests += 1
         if self.judge is not None:
             self.judge.observe(outcome)
@@ -230,7 +230,7 @@ class Controller:
         """The judge's latency thresholds: stable's p95 and p99, fixed once, never from the data
         under test."""
         assert self.judge is not None
-        stable = source.snapshot(Arm.STABLE, min(LATENCY_BASELINE_SPAN, self.windows.config.span_seconds), t)
+        stable = source.snapshot(Role.STABLE, min(LATENCY_BASELINE_SPAN, self.windows.config.span_seconds), t)
         p95, p99 = stable.metric("latency_p95"), stable.metric("latency_p99")
         if p95.value is not None and p99.value is not None and p95.samples >= LATENCY_BASELINE_MIN_REQUESTS:
             self.judge.set_latency_thresholds(p95.value, max(p99.value, p95.value))
@@ -339,7 +339,7 @@ class Controller:
         if state.phase is Phase.PROGRESSING and state.last_t is not None:
             elapsed += max(0.0, t - state.last_t)
         window = min(window, self.windows.config.span_seconds)
-        versions = {arm.value: self.windows.snapshot(arm, window, t).summary() for arm in (Arm.STABLE, Arm.CANARY)}
+        versions = {role.value: self.windows.snapshot(role, window, t).summary() for role in (Role.STABLE, Role.CANARY)}
         return {
             "phase": state.phase.value,
             "weight": state.weight,

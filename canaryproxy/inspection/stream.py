@@ -33,12 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from canaryproxy.inspect import jsonbytes
-from canaryproxy.inspect.fastpath import BODY_END, DeltaTemplate, Quick
-from canaryproxy.inspect.findings import Findings, record_outcome
-from canaryproxy.inspect.request import RequestFacts
-from canaryproxy.inspect.settings import InspectionSettings
-from canaryproxy.inspect.sse import SSEDecoder, SSEEvent
+from canaryproxy.inspection import jsonbytes
+from canaryproxy.inspection.fastpath import BODY_END, DeltaTemplate, Quick
+from canaryproxy.inspection.findings import Findings, record_outcome
+from canaryproxy.inspection.request import RequestFacts
+from canaryproxy.inspection.settings import InspectionSettings
+from canaryproxy.inspection.sse import SSEDecoder, SSEEvent
 
 EventReader = Callable[[dict[str, Any], Findings], None]
 

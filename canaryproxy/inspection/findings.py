@@ -10,11 +10,11 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from canaryproxy.core.types import Outcome
-from canaryproxy.inspect.guardrails import REFUSAL, record_guardrail, record_text_rules
-from canaryproxy.inspect.pricing import cost_usd, price_for
-from canaryproxy.inspect.request import RequestFacts
-from canaryproxy.inspect.schema import json_output_ok
-from canaryproxy.inspect.settings import InspectionSettings
+from canaryproxy.inspection.guardrails import REFUSAL, record_guardrail, record_text_rules
+from canaryproxy.inspection.pricing import cost_usd, price_for
+from canaryproxy.inspection.request import RequestFacts
+from canaryproxy.inspection.schema import json_output_ok
+from canaryproxy.inspection.settings import InspectionSettings
 
 
 class TextSink:
@@ -215,7 +215,7 @@ def record_outcome(
         usage_reported = found.prompt_tokens is not None
     if usage_reported:
         outcome.completion_tokens = found.completion_tokens
-        price = price_for(settings.prices, found.model, facts.model, outcome.arm)
+        price = price_for(settings.prices, found.model, facts.model, outcome.role)
         if price is not None:
             outcome.cost_usd = cost_usd(price, found.prompt_tokens, found.completion_tokens)
     else:

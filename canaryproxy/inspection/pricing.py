@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from canaryproxy.core.types import Arm
-from canaryproxy.inspect.settings import Price, PriceTable
+from canaryproxy.core.types import Role
+from canaryproxy.inspection.settings import Price, PriceTable
 
 
-def price_for(table: PriceTable, response_model: str | None, request_model: str | None, arm: Arm) -> Price | None:
-    """The exact model the upstream reports, else the model the client asked for, else the arm's price.
+def price_for(table: PriceTable, response_model: str | None, request_model: str | None, role: Role) -> Price | None:
+    """The exact model the upstream reports, else the model the client asked for, else the role's price.
 
     Response models are often dated snapshots ("gpt-4o-2024-08-06") of the name asked for, so both
     names are tried before falling back to the version's price.
@@ -15,7 +15,7 @@ def price_for(table: PriceTable, response_model: str | None, request_model: str 
     for model in (response_model, request_model):
         if model is not None and (price := table.models.get(model)) is not None:
             return price
-    return table.arms.get(arm)
+    return table.roles.get(role)
 
 
 def cost_usd(price: Price, prompt_tokens: int | None, completion_tokens: int | None) -> float:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from canaryproxy.core.types import Outcome
-from canaryproxy.inspect import anthropic, openai
-from canaryproxy.inspect.body import BodyInspector, BodyReader
-from canaryproxy.inspect.findings import Findings
-from canaryproxy.inspect.generic import PASS_THROUGH, PassThrough
-from canaryproxy.inspect.guardrails import record_response_head
-from canaryproxy.inspect.request import (
+from canaryproxy.inspection import anthropic, openai
+from canaryproxy.inspection.body import BodyInspector, BodyReader
+from canaryproxy.inspection.findings import Findings
+from canaryproxy.inspection.generic import PASS_THROUGH, PassThrough
+from canaryproxy.inspection.guardrails import record_response_head
+from canaryproxy.inspection.request import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -33,8 +33,8 @@ from canaryproxy.inspect.request import (
     api_for_path,
     read_request,
 )
-from canaryproxy.inspect.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
-from canaryproxy.inspect.stream import EventReader, StreamInspector
+from canaryproxy.inspection.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
+from canaryproxy.inspection.stream import EventReader, StreamInspector
 
 __all__ = [
     "HeaderRule",

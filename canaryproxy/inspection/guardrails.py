@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from canaryproxy.core.types import Outcome
-from canaryproxy.inspect.settings import InspectionSettings
+from canaryproxy.inspection.settings import InspectionSettings
 
 CONTENT_FILTER = "content_filter"  # finish_reason "content_filter" (OpenAI, Azure)
 AZURE_CONTENT_FILTER = "azure_content_filter"  # Azure content_filter_results with filtered: true

@@ -8,8 +8,8 @@ from inspect_support import STARTED, as_dict, fixture, run
 from multidict import CIMultiDict
 
 from canaryproxy.clock import ManualClock
-from canaryproxy.core.types import Arm, Outcome
-from canaryproxy.inspect import InspectionSettings, PassThrough, inspector_for, read_request
+from canaryproxy.core.types import Role, Outcome
+from canaryproxy.inspection import InspectionSettings, PassThrough, inspector_for, read_request
 
 CHAT = "/v1/chat/completions"
 SETTINGS = InspectionSettings()
@@ -28,7 +28,7 @@ USAGE = b'data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3,"comp
 def start(request: dict, *, content_type: str = "text/event-stream", status: int = 200,
           headers: dict[str, str] | None = None, settings: InspectionSettings = SETTINGS, clock: ManualClock | None = None):
     _, facts = read_request(CHAT, json.dumps(request).encode(), settings)
-    outcome = Outcome(arm=Arm.STABLE, started=clock.monotonic() if clock else STARTED)
+    outcome = Outcome(role=Role.STABLE, started=clock.monotonic() if clock else STARTED)
     now = clock.monotonic if clock else (lambda: STARTED)
     inspector = inspector_for(facts, status, content_type, CIMultiDict(headers or {}), outcome, settings, now)
     return inspector, outcome

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from canaryproxy import __version__
-from canaryproxy.admin import SERIES_METRICS, SERIES_POINTS
+from canaryproxy.admin.api import SERIES_METRICS, SERIES_POINTS
 from canaryproxy.core.metrics import METRICS
 from canaryproxy.core.window import MAX_SERIES_POINTS
 
@@ -53,7 +53,7 @@ _SERIES = {
         "t": {"type": "array", "items": {"type": "number"}, "maxItems": MAX_SERIES_POINTS,
               "description": "wall-clock end of each point (Unix seconds), oldest first; only "
                              "closed buckets count, so the newest point may be shorter than a step"},
-        **{arm: {
+        **{role: {
             "type": "object",
             "required": list(SERIES_METRICS),
             "additionalProperties": False,
@@ -61,8 +61,8 @@ _SERIES = {
                                   f"({METRICS[name].unit.value}); null where the point has no "
                                   f"{METRICS[name].samples}"}
                            for name in SERIES_METRICS},
-            "description": f"the {arm} version, one value per point of t",
-        } for arm in ("stable", "canary")},
+            "description": f"the {role} version, one value per point of t",
+        } for role in ("stable", "canary")},
         "weight": {
             "type": "object",
             "required": ["t", "value"],

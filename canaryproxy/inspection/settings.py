@@ -16,7 +16,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 from canaryproxy.errors import ConfigError
 
 
@@ -37,10 +37,10 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class PriceTable:
-    """Prices by exact model name, with a per-arm fallback for models not listed."""
+    """Prices by exact model name, with a per-role fallback for models not listed."""
 
     models: Mapping[str, Price] = field(default_factory=dict)
-    arms: Mapping[Arm, Price] = field(default_factory=dict)
+    roles: Mapping[Role, Price] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

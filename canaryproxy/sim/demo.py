@@ -34,8 +34,8 @@ import aiohttp
 from canaryproxy.config import parse
 from canaryproxy.core.units import format_duration
 from canaryproxy.errors import ConfigError
-from canaryproxy.simulator import Behaviour, ModelSimulator
-from canaryproxy.status_view import progress_bar, render_status
+from canaryproxy.sim.simulator import Behaviour, ModelSimulator
+from canaryproxy.sim.status_view import progress_bar, render_status
 
 if TYPE_CHECKING:
     from canaryproxy.server import CanaryProxy
@@ -476,9 +476,9 @@ class Frame:
         stage = status.get("stage") or {}
         cells = [f"[{self.run.elapsed():5.1f}s] {status['phase']} stage {stage.get('number')}/"
                  f"{stage.get('of')} weight {status['weight']:g}%"]
-        for arm in ("stable", "canary"):
-            metrics = ((status.get("versions") or {}).get(arm) or {}).get("metrics") or {}
-            cells.append(arm + " " + " ".join(
+        for role in ("stable", "canary"):
+            metrics = ((status.get("versions") or {}).get(role) or {}).get("metrics") or {}
+            cells.append(role + " " + " ".join(
                 f"{label} {show(metrics.get(name, {}).get('value'))}" for label, name, show in _LINE_METRICS))
         verdicts = list(status.get("rules") or []) + list(status.get("judge_verdicts") or [])
         unwell = [f"{v['source']} {v['status']}" for v in verdicts if v["status"] != "pass"]

@@ -32,10 +32,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from canaryproxy.clock import Clock
-from canaryproxy.controller import Controller
+from canaryproxy.control.controller import Controller
 from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Op
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 from canaryproxy.core.units import parse_duration
 from canaryproxy.core.window import Windows, whole_buckets
 from canaryproxy.errors import CommandRejected
@@ -98,7 +98,7 @@ def _duration_query(request: web.Request, name: str, default: float) -> float:
 def dashboard_page() -> tuple[bytes, str]:
     """The dashboard's HTML and the Content-Security-Policy that lets only its own inline script
     and style run."""
-    page = resources.files("canaryproxy").joinpath("static/dashboard.html").read_text("utf-8")
+    page = resources.files("canaryproxy.admin").joinpath("static/dashboard.html").read_text("utf-8")
     hashes = {tag: [_csp_hash(body) for body in re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)]
               for tag in ("script", "style")}
     policy = "; ".join((
@@ -255,17 +255,17 @@ class AdminAPI:
             default_step = whole_buckets(span / SERIES_POINTS, config.bucket_seconds) * config.bucket_seconds
             step = _duration_query(request, "step", default_step)
             mono, wall = clock.monotonic(), clock.wall()
-            series = {arm: windows[arm].series(span, step, mono, SERIES_METRICS) for arm in Arm}
+            series = {role: windows[role].series(span, step, mono, SERIES_METRICS) for role in Role}
         except ValueError as exc:
             return _error(400, "bad_series", str(exc))
-        ends = series[Arm.STABLE].ends
+        ends = series[Role.STABLE].ends
         document: dict[str, Any] = {
-            "span": len(ends) * series[Arm.STABLE].step,
-            "step": series[Arm.STABLE].step,
+            "span": len(ends) * series[Role.STABLE].step,
+            "step": series[Role.STABLE].step,
             "t": [round(wall - (mono - end), 3) for end in ends],
         }
-        for arm, arm_series in series.items():
-            document[arm.value] = {name: list(values) for name, values in arm_series.values.items()}
+        for role, role_series in series.items():
+            document[role.value] = {name: list(values) for name, values in role_series.values.items()}
         decisions = self.controller.decisions if self.controller is not None else ()
         document["weight"] = weight_history(decisions, wall - document["span"], wall, self.get_weight())
         return web.json_response(document)
@@ -279,7 +279,7 @@ class AdminAPI:
         })
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from canaryproxy.openapi import spec
+        from canaryproxy.admin.openapi import spec
 
         return web.json_response(spec())
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from canaryproxy.core.types import Arm, Outcome
-from canaryproxy.inspect import InspectionSettings, inspector_for, read_request
+from canaryproxy.core.types import Role, Outcome
+from canaryproxy.inspection import InspectionSettings, inspector_for, read_request
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 STARTED = 100.0
@@ -43,7 +43,7 @@ def run(
     settings = settings or InspectionSettings()
     body = request if isinstance(request, bytes) else json.dumps(request).encode()
     _, facts = read_request(path, body, settings)
-    outcome = Outcome(arm=Arm.CANARY, started=STARTED)
+    outcome = Outcome(role=Role.CANARY, started=STARTED)
     inspector = inspector_for(facts, status, content_type, CIMultiDict(headers or {}), outcome, settings, now)
     forwarded = [inspector.feed(piece) for piece in pieces]
     forwarded.append(inspector.finish(complete))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inspect_support import split_at
 
-from canaryproxy.inspect.sse import SSEDecoder, SSEEvent
+from canaryproxy.inspection.sse import SSEDecoder, SSEEvent
 
 
 def reference_events(stream: bytes) -> list[SSEEvent]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from json.decoder import scanstring
 
-from canaryproxy.inspect.findings import Findings, TextSink
+from canaryproxy.inspection.findings import Findings, TextSink
 
 # The first byte that ends the plain body of a JSON string: a quote, a backslash or a control byte.
 BODY_END = re.compile(rb'["\\\x00-\x1f]')

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inspect_support import run
 
-from canaryproxy.core.types import Arm, Outcome
-from canaryproxy.inspect import InspectionSettings, TextRule
-from canaryproxy.inspect.fastpath import DeltaTemplate
-from canaryproxy.inspect.findings import Findings, TextSink
+from canaryproxy.core.types import Role, Outcome
+from canaryproxy.inspection import InspectionSettings, TextRule
+from canaryproxy.inspection.fastpath import DeltaTemplate
+from canaryproxy.inspection.findings import Findings, TextSink
 
 # Any code point, lone surrogates included (JSON can carry them as \ud800 escapes).
 TEXTS = st.text(st.characters(exclude_categories=()), max_size=40)
@@ -71,7 +71,7 @@ def literal(text: str, ensure_ascii: bool) -> bytes:
 
 
 def findings() -> Findings:
-    return Findings(Outcome(arm=Arm.STABLE, started=0.0), lambda: 0.0, keep_text=True, keep_tool_arguments=False,
+    return Findings(Outcome(role=Role.STABLE, started=0.0), lambda: 0.0, keep_text=True, keep_tool_arguments=False,
                     cap=1 << 20)
 
 

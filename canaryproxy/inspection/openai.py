@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from canaryproxy.inspect.findings import Findings
-from canaryproxy.inspect.guardrails import (
+from canaryproxy.inspection.findings import Findings
+from canaryproxy.inspection.guardrails import (
     AZURE_CONTENT_FILTER,
     CONTENT_FILTER,
     azure_filtered,

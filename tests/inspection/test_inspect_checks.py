@@ -8,12 +8,12 @@ import re
 import pytest
 from inspect_support import run
 
-from canaryproxy.core.types import Arm
+from canaryproxy.core.types import Role
 from canaryproxy.errors import ConfigError
-from canaryproxy.inspect import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
-from canaryproxy.inspect.guardrails import azure_filtered
-from canaryproxy.inspect.pricing import cost_usd, price_for
-from canaryproxy.inspect.schema import ValidatorCache, json_output_ok
+from canaryproxy.inspection import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
+from canaryproxy.inspection.guardrails import azure_filtered
+from canaryproxy.inspection.pricing import cost_usd, price_for
+from canaryproxy.inspection.schema import ValidatorCache, json_output_ok
 
 OBJECT = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 CHAT = "/v1/chat/completions"
@@ -144,21 +144,21 @@ def test_azure_filter_results(results: object, filtered: bool) -> None:
 
 TABLE = PriceTable(
     models={"gpt-4o-2024-08-06": Price(2.5, 10.0), "gpt-4o": Price(5.0, 15.0)},
-    arms={Arm.STABLE: Price(0.5, 1.5)},
+    roles={Role.STABLE: Price(0.5, 1.5)},
 )
 
 
 @pytest.mark.parametrize(
-    ("response_model", "request_model", "arm", "price"),
+    ("response_model", "request_model", "role", "price"),
     [
-        ("gpt-4o-2024-08-06", "gpt-4o", Arm.STABLE, Price(2.5, 10.0)),
-        ("gpt-4o-2099-01-01", "gpt-4o", Arm.STABLE, Price(5.0, 15.0)),
-        (None, "other", Arm.STABLE, Price(0.5, 1.5)),
-        (None, None, Arm.CANARY, None),
+        ("gpt-4o-2024-08-06", "gpt-4o", Role.STABLE, Price(2.5, 10.0)),
+        ("gpt-4o-2099-01-01", "gpt-4o", Role.STABLE, Price(5.0, 15.0)),
+        (None, "other", Role.STABLE, Price(0.5, 1.5)),
+        (None, None, Role.CANARY, None),
     ],
 )
-def test_price_lookup_order(response_model: str | None, request_model: str | None, arm: Arm, price: Price | None) -> None:
-    assert price_for(TABLE, response_model, request_model, arm) == price
+def test_price_lookup_order(response_model: str | None, request_model: str | None, role: Role, price: Price | None) -> None:
+    assert price_for(TABLE, response_model, request_model, role) == price
 
 
 def test_cost_is_per_million_tokens() -> None:
