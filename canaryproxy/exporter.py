@@ -22,7 +22,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from canaryproxy.core.types import Role, Outcome
+from canaryproxy.core.tally import DECLARED, LifetimeTally
+from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, Role
 
 # Bucket bounds, in the unit of each metric. Model calls range from tens of milliseconds
 # (embeddings) to minutes (long generations).
@@ -30,7 +31,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 LENGTH_BUCKETS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000)
 
-_ROLES = (Role.STABLE, Role.CANARY)
+_ROLES = LIVE_ROLES
 
 
 class _Histogram:
@@ -60,26 +61,17 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+# The tally's distributions the exporter reports as Prometheus histograms, with their buckets.
+_HISTOGRAMS = (("latency", DURATION_BUCKETS), ("ttft", TTFT_BUCKETS), ("output_length", LENGTH_BUCKETS))
+
+
 class _RoleTotals:
-    __slots__ = (
-        "requests", "upstream_errors", "truncated", "schema_checks", "schema_failures",
-        "guardrails", "prompt_tokens", "completion_tokens", "cost_usd", "duration", "ttft",
-        "output_length",
-    )
+    __slots__ = ("tally", "histograms")
 
     def __init__(self) -> None:
-        self.requests: dict[str, int] = {}  # status class -> count
-        self.upstream_errors: dict[str, int] = {}  # error kind -> count
-        self.truncated = 0
-        self.schema_checks = 0
-        self.schema_failures = 0
-        self.guardrails: dict[str, int] = {}
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cost_usd = 0.0
-        self.duration = _Histogram(DURATION_BUCKETS)
-        self.ttft = _Histogram(TTFT_BUCKETS)
-        self.output_length = _Histogram(LENGTH_BUCKETS)
+        self.tally = LifetimeTally()
+        # name -> (what is read of a request, its Prometheus histogram)
+        self.histograms = {name: (DECLARED[name].of, _Histogram(bounds)) for name, bounds in _HISTOGRAMS}
 
 
 class Totals:
@@ -90,30 +82,11 @@ class Totals:
 
     def record(self, outcome: Outcome) -> None:
         totals = self.roles[outcome.role]
-        status_class = outcome.status_class
-        totals.requests[status_class] = totals.requests.get(status_class, 0) + 1
-        totals.duration.observe(outcome.latency)
-        error = outcome.error
-        if error is not None and error.is_upstream_fault:
-            totals.upstream_errors[error.value] = totals.upstream_errors.get(error.value, 0) + 1
-        if outcome.truncated:
-            totals.truncated += 1
-        if outcome.ttft is not None:
-            totals.ttft.observe(outcome.ttft)
-        if outcome.output_chars is not None:
-            totals.output_length.observe(outcome.output_chars)
-        if outcome.prompt_tokens:
-            totals.prompt_tokens += outcome.prompt_tokens
-        if outcome.completion_tokens:
-            totals.completion_tokens += outcome.completion_tokens
-        if outcome.schema_ok is not None:
-            totals.schema_checks += 1
-            if not outcome.schema_ok:
-                totals.schema_failures += 1
-        for source in outcome.guardrails:
-            totals.guardrails[source] = totals.guardrails.get(source, 0) + 1
-        if outcome.cost_usd:
-            totals.cost_usd += outcome.cost_usd
+        totals.tally.record(outcome)
+        for value_of, histogram in totals.histograms.values():
+            value = value_of(outcome)
+            if value is not None:
+                histogram.observe(value)
 
 
 class Exporter(Collector):
@@ -172,22 +145,24 @@ class Exporter(Collector):
             labels=["version"])
         for role in _ROLES:
             totals = roles[role]
+            tally = totals.tally
             version = role.value
-            for status_class, count in sorted(totals.requests.items()):
+            for status_class, count in sorted(tally.labels("status_classes").items()):
                 requests.add_metric([version, status_class], count)
-            for kind, count in sorted(totals.upstream_errors.items()):
-                errors.add_metric([version, kind], count)
-            truncated.add_metric([version], totals.truncated)
-            schema_checks.add_metric([version], totals.schema_checks)
-            schema_failures.add_metric([version], totals.schema_failures)
-            for source, count in sorted(totals.guardrails.items()):
+            for kind, count in sorted(tally.labels("errors").items()):
+                if ErrorKind(kind).is_upstream_fault:
+                    errors.add_metric([version, kind], count)
+            truncated.add_metric([version], tally.count("truncated"))
+            schema_checks.add_metric([version], tally.count("schema_checked"))
+            schema_failures.add_metric([version], tally.count("schema_failures"))
+            for source, count in sorted(tally.labels("guardrails").items()):
                 guardrails.add_metric([version, source], count)
-            tokens.add_metric([version, "prompt"], totals.prompt_tokens)
-            tokens.add_metric([version, "completion"], totals.completion_tokens)
-            cost.add_metric([version], totals.cost_usd)
-            duration.add_metric([version], totals.duration.family_buckets(), totals.duration.total)
-            ttft.add_metric([version], totals.ttft.family_buckets(), totals.ttft.total)
-            length.add_metric([version], totals.output_length.family_buckets(), totals.output_length.total)
+            tokens.add_metric([version, "prompt"], tally.count("prompt_tokens"))
+            tokens.add_metric([version, "completion"], tally.count("completion_tokens"))
+            cost.add_metric([version], tally.total("cost_usd"))
+            for family, name in ((duration, "latency"), (ttft, "ttft"), (length, "output_length")):
+                histogram = totals.histograms[name][1]
+                family.add_metric([version], histogram.family_buckets(), histogram.total)
         yield from (requests, errors, truncated, schema_checks, schema_failures, guardrails, tokens,
                     cost, duration, ttft, length)
         yield GaugeMetricFamily(

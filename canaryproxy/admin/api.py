@@ -35,9 +35,10 @@ from canaryproxy.clock import Clock
 from canaryproxy.control.controller import Controller
 from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Op
-from canaryproxy.core.types import Role
+from canaryproxy.core.types import LIVE_ROLES, Role
 from canaryproxy.core.units import parse_duration
-from canaryproxy.core.window import Windows, whole_buckets
+from canaryproxy.core.units import whole_buckets
+from canaryproxy.core.window import Windows
 from canaryproxy.errors import CommandRejected
 
 audit_logger = logging.getLogger("canaryproxy.audit")
@@ -255,7 +256,7 @@ class AdminAPI:
             default_step = whole_buckets(span / SERIES_POINTS, config.bucket_seconds) * config.bucket_seconds
             step = _duration_query(request, "step", default_step)
             mono, wall = clock.monotonic(), clock.wall()
-            series = {role: windows[role].series(span, step, mono, SERIES_METRICS) for role in Role}
+            series = {role: windows[role].series(span, step, mono, SERIES_METRICS) for role in LIVE_ROLES}
         except ValueError as exc:
             return _error(400, "bad_series", str(exc))
         ends = series[Role.STABLE].ends

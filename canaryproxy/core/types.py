@@ -1,9 +1,14 @@
-"""The vocabulary every layer shares: roles, outcomes of requests, verdicts of rules.
+"""The vocabulary every layer shares: roles, outcomes of requests, feedback, verdicts of rules.
 
 `Outcome` is the one record of a finished (or failed) request. The data plane creates it when it
 routes a request, the inspectors fill in what they read from the response, and when the request
-ends it is handed to an `OutcomeSink` (the metric windows, the judge, the exporter). It is a
-mutable slotted dataclass because it is filled in step by step on the hot path.
+ends it is handed to an `OutcomeSink` (the exporter, and through the outcome feed the windows and
+the judge). It is a mutable slotted dataclass because it is filled in step by step on the hot
+path. `Observed` is what every reader of an outcome relies on, so a decoded `Observation`
+(core/observation.py) from another process reads the same.
+
+`Feedback` is a signal that is not an Outcome: it arrives after the response, from the client or
+a service downstream, and names the request it is about.
 """
 
 from __future__ import annotations
@@ -14,10 +19,27 @@ from typing import Any, Mapping, Protocol
 
 
 class Role(enum.StrEnum):
-    """Which version served a request. The value doubles as the Prometheus label."""
+    """The part a request plays in the rollout, apart from which version's name it reaches.
+
+    `stable` and `canary` serve users. `shadow` is a copy of a request sent to the canary whose
+    answer no user sees; it is in the vocabulary so that nothing counts it as stable by default,
+    and every place that does not support it yet refuses it (`live_role`). The value is the
+    Prometheus `version` label, the window key and the judge's side.
+    """
 
     STABLE = "stable"
     CANARY = "canary"
+    SHADOW = "shadow"
+
+
+LIVE_ROLES = (Role.STABLE, Role.CANARY)  # the roles that serve users
+
+
+def live_role(role: Role) -> Role:
+    """`role` if it serves users; a ValueError for a role this build does not support there."""
+    if role is Role.SHADOW:
+        raise ValueError("role 'shadow' is not supported here yet: only stable and canary serve users")
+    return role
 
 
 class ErrorKind(enum.StrEnum):
@@ -55,46 +77,32 @@ _UPSTREAM_FAULTS = frozenset(
 )
 
 
-@dataclass(slots=True, eq=False)
-class Outcome:
-    """One request, from routing to its last byte.
+class Observed:
+    """What windows, exporter and judge derive from a finished request, from its fields alone.
 
-    Times are seconds. `started` is on the monotonic clock the windows use; durations are relative
-    to it. Optional fields stay None when nothing was measured (a non-LLM response has no tokens).
+    A base class with no state, so that an `Outcome` and a decoded `Observation` answer alike.
+    The annotations are the fields every subclass has: what crosses processes.
     """
 
+    __slots__ = ()
     role: Role
-    started: float
-    weight: float = 0.0  # canary weight in percent in force when the request was routed
-    key_hash: int | None = None  # 64-bit hash of the sticky key; None when routed at random
-    request_id: str = ""
-    method: str = ""
-    route: str = ""  # the inspected API ("chat.completions", "messages", ...) or "" for generic
-
-    # Filled by the data plane.
-    status: int = 0  # status sent to the client; 0 when the connection ended before headers
-    latency: float = 0.0  # received -> last byte sent (or failure)
-    ttfb: float | None = None  # received -> upstream response headers
-    bytes_in: int = 0  # request body bytes forwarded
-    bytes_out: int = 0  # response body bytes sent to the client
-    error: ErrorKind | None = None
-    truncated: bool = False  # the response body ended before it was complete
-
-    # Filled by the inspectors (LLM responses).
-    stream: bool = False
-    model: str | None = None
-    ttft: float | None = None  # received -> first content token (not first byte)
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    usage_missing: bool = False  # no usage in the response; completion_tokens is an estimate
-    output_chars: int | None = None  # content plus tool-call arguments, in characters
-    finish_reason: str | None = None
-    schema_ok: bool | None = None  # None: not checked
-    schema_skipped: bool = False  # output too large to validate within the time bound
-    guardrails: tuple[str, ...] = ()  # sources of guardrail interventions (bounded names)
-    cost_usd: float | None = None
-    inspect_error: bool = False  # the response could not be parsed; bytes passed through as-is
+    routed_at: float
+    weight: float
+    key_hash: int | None
+    status: int
+    latency: float
+    error: ErrorKind | None
+    truncated: bool
+    ttft: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    usage_missing: bool
+    output_chars: int | None
+    schema_ok: bool | None
+    schema_skipped: bool
+    guardrails: tuple[str, ...]
+    cost_usd: float | None
+    inspect_error: bool
 
     @property
     def failed(self) -> bool:
@@ -125,10 +133,85 @@ class Outcome:
 _STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
+@dataclass(slots=True, eq=False)
+class Outcome(Observed):
+    """One request, from routing to its last byte.
+
+    Times are seconds. `started` is on this process's monotonic clock: durations are measured from
+    it. `routed_at` is the wall-clock time of the same moment: what other processes can agree on
+    (window buckets, the judge's warm-up, feedback that quotes the request). Optional fields stay
+    None when nothing was measured (a non-LLM response has no tokens).
+    """
+
+    role: Role
+    started: float
+    weight: float = 0.0  # canary weight in percent in force when the request was routed
+    key_hash: int | None = None  # 64-bit hash of the sticky key; None when routed at random
+    request_id: str = ""
+    method: str = ""
+    route: str = ""  # the inspected API ("chat.completions", "messages", ...) or "" for generic
+    routed_at: float = 0.0  # wall-clock seconds when the request was routed
+
+    # Filled by the data plane.
+    status: int = 0  # status sent to the client; 0 when the connection ended before headers
+    latency: float = 0.0  # received -> last byte sent (or failure)
+    ttfb: float | None = None  # received -> upstream response headers
+    bytes_in: int = 0  # request body bytes forwarded
+    bytes_out: int = 0  # response body bytes sent to the client
+    error: ErrorKind | None = None
+    truncated: bool = False  # the response body ended before it was complete
+
+    # Filled by the inspectors (LLM responses).
+    stream: bool = False
+    model: str | None = None
+    ttft: float | None = None  # received -> first content token (not first byte)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    usage_missing: bool = False  # no usage in the response; completion_tokens is an estimate
+    output_chars: int | None = None  # content plus tool-call arguments, in characters
+    finish_reason: str | None = None
+    schema_ok: bool | None = None  # None: not checked
+    schema_skipped: bool = False  # output too large to validate within the time bound
+    guardrails: tuple[str, ...] = ()  # sources of guardrail interventions (bounded names)
+    cost_usd: float | None = None
+    inspect_error: bool = False  # the response could not be parsed; bytes passed through as-is
+
+    @property
+    def finished_at(self) -> float:
+        """Wall-clock time of the last byte (or the failure): the second a window files it in."""
+        return self.routed_at + self.latency
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A verdict on one response that arrives after it: a user's rating, a downstream failure.
+
+    The attribution fields are those of the request when it was routed (the weight may have moved
+    since): `routed_at` and `weight` are what a late signal must be judged by.
+    """
+
+    role: Role
+    request_id: str
+    routed_at: float  # wall-clock seconds when the request was routed
+    weight: float  # canary weight in percent in force when the request was routed
+    key_hash: int | None  # the sticky key's 64-bit hash, None when routed at random
+    name: str  # a declared feedback name ("thumbs", "downstream_error", ...)
+    value: bool | int | float | str
+    negative: bool  # what the declaration says this value means: the users' verdict was bad
+    received_at: float  # wall-clock seconds
+
+
 class OutcomeSink(Protocol):
     """Receives every finished request. Called on the event loop: must be O(1) and never raise."""
 
     def record(self, outcome: Outcome) -> None: ...
+
+
+class FeedbackSink(Protocol):
+    """Receives every accepted feedback record. On the event loop: O(1), never raises."""
+
+    def record_feedback(self, feedback: Feedback) -> None: ...
 
 
 class DiscardSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -64,3 +65,11 @@ def format_duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes}m{secs}s"
     return f"{minutes}m{secs}s"
+
+
+def whole_buckets(seconds: float, bucket_seconds: float) -> int:
+    """The number of buckets that cover `seconds`. A ratio within float noise of a whole number is
+    that number (0.3 / 0.1 is 2.9999999999999996, meaning 3)."""
+    ratio = seconds / bucket_seconds
+    nearest = round(ratio)
+    return nearest if math.isclose(ratio, nearest, rel_tol=1e-9) else math.ceil(ratio)
