@@ -5,11 +5,10 @@
         [--rate 100] [--weight 5] [--base-error 0.01] [--horizon 1800] [--warmup SECONDS]
 
 Each run is one rollout with no sockets and a manual clock: synthetic outcomes of both versions go
-through the product's own sinks and decision path — `Windows.record(outcome, t)` and
-`Controller.record(outcome)` (which feeds the `Judge`), then every `evaluate_every` (10 s)
-`Controller.evaluate()`: `RuleEngine.evaluate` + `Judge.verdicts` + `stages.step`, with a
-`ManualClock`, a `MemoryStateStore` and an `Alerter` without webhooks (it needs no running event
-loop then: `send` only logs, and the workers silence the log). A run ends at the rollback (or
+through the product's own evidence and decision path — `Evidence.record(outcome)` (the windows
+and the `Judge`), then every `evaluate_every` (10 s) `Controller.evaluate()`:
+`RuleEngine.evaluate` + `Judge.verdicts` + `stages.step`, with a `ManualClock`, the memory backends
+and an `Alerter` without webhooks (`send` only logs, and the workers silence the log). A run ends at the rollback (or
 another stop of the rollout) or at the horizon.
 
 Traffic. `--rate` requests per second start evenly spaced in time, from a population of 5,000
@@ -48,6 +47,7 @@ no decision changes, and the run costs a third less. Runs go to `--jobs` worker 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -64,15 +64,18 @@ from heapq import heappop, heappush
 from typing import Callable, Iterable, Sequence
 
 from canaryproxy.alerts import Alerter
+from canaryproxy.backends.memory import MemoryRolloutStore, SoleLeadership
 from canaryproxy.clock import ManualClock
 from canaryproxy.control.controller import Controller
+from canaryproxy.control.decisions import DecisionRecord
+from canaryproxy.control.evidence import Evidence
+from canaryproxy.control.follower import Follower
 from canaryproxy.core.judge import Judge, JudgeConfig
 from canaryproxy.core.rules import Comparison, Rule, RuleEngine
 from canaryproxy.core.splitter import Splitter
 from canaryproxy.core.stages import Phase, Plan, Stage
-from canaryproxy.core.types import Role, Outcome, Status
+from canaryproxy.core.types import Observed, Outcome, Role, Status
 from canaryproxy.core.window import WindowConfig, Windows
-from canaryproxy.backends.state import MemoryStateStore
 
 USERS = 5_000
 ZIPF_EXPONENT = 1.0
@@ -287,27 +290,26 @@ def judge_config(setup: Setup) -> JudgeConfig:
 
 
 def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed: int) -> RunResult:
+    return asyncio.run(_run_once(scenario, method, setup, run, base_seed))
+
+
+async def _run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed: int) -> RunResult:
     rng = random.Random(seed_for(base_seed, scenario.name, run))
     population = Population(rng)
     clock = ManualClock()
     start = clock.monotonic()
-    windows = Windows(WINDOW)
+    wall_offset = clock.wall() - start  # requests carry wall-clock routing times, as in the proxy
     splitter = Splitter(0.0, rng)
+    evidence = Evidence(Windows(WINDOW), Judge(judge_config(setup)) if method == "judge" else None)
+    store = MemoryRolloutStore()
     controller = Controller(
-        plan_for(setup),
-        RuleEngine(THRESHOLD_RULES if method == "thresholds" else ()),
-        Judge(judge_config(setup)) if method == "judge" else None,
-        windows,
-        MemoryStateStore(),
-        Alerter([]),
-        splitter.set_weight,
-        clock,
-        EVALUATE_EVERY,
+        plan_for(setup), RuleEngine(THRESHOLD_RULES if method == "thresholds" else ()), evidence,
+        store, SoleLeadership(), Follower(store, splitter.set_weight, clock.monotonic), Alerter([]),
+        DecisionRecord(), clock, EVALUATE_EVERY,
     )
-    controller.boot()  # start: auto, so the canary gets the first stage's weight now
+    await controller.boot()  # start: auto, so the canary gets the first stage's weight now
 
     judge = controller.judge
-    record_window = windows.record
     in_flight: list[tuple[float, int, Outcome]] = []  # (completion time, sequence, outcome)
     canary_times: list[float] = []  # completion time of each canary request, in order
     requests = 0
@@ -326,25 +328,31 @@ def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed:
         count = math.floor((seconds + 1) * setup.rate) - math.floor(seconds * setup.rate)
         users = rng.choices(population.ids, cum_weights=population.cumulative, k=count)
         _start_second(
-            rng, population, users, start + seconds, weight, splitter.choose, stable, canary,
-            in_flight, requests,
+            rng, population, users, start + seconds, wall_offset, weight, splitter.choose, stable,
+            canary, in_flight, requests,
         )
         requests += count
         seconds += 1
-        _finish(in_flight, start + seconds, record_window, controller.record, canary_times)
+        _finish(in_flight, start + seconds, evidence.record, canary_times)
         if seconds >= next_evaluation:
             clock.advance(start + seconds - clock.monotonic())
-            controller.evaluate()
+            await controller.evaluate()
             next_evaluation += EVALUATE_EVERY
-            if record_window is not _record_nowhere and judge is not None and not controller.rules.rules \
-                    and judge.latency_thresholds is not None:
-                # Nothing reads the windows any more: the rules would, the judge never does.
-                record_window = _record_nowhere
+            if not isinstance(evidence.windows, _NoWindows) and judge is not None \
+                    and not controller.rules.rules and judge.latency_thresholds is not None:
+                # Nothing reads the windows any more (the rules would, the judge never does):
+                # the benchmark stops paying for them. Results are the same either way.
+                evidence.windows = _NoWindows(WINDOW)
     return _result(scenario, method, run, controller, canary_times, start, seconds, requests)
 
 
-def _record_nowhere(outcome: Outcome, t: float) -> None:
-    return None
+class _NoWindows(Windows):
+    """Windows that keep nothing."""
+
+    __slots__ = ()
+
+    def record(self, outcome: Observed, t: float) -> None:
+        return None
 
 
 def _start_second(
@@ -352,6 +360,7 @@ def _start_second(
     population: Population,
     users: Sequence[int],
     second_start: float,
+    wall_offset: float,
     weight: float,
     choose: Callable[[int | None], Role],
     stable: Behaviour,
@@ -384,7 +393,8 @@ def _start_second(
         if z > TAIL_QUANTILE_Z:
             latency *= tail_scale
         if rand() < error_rate:
-            outcome = Outcome(role, started, weight, key, status=500, latency=latency)
+            outcome = Outcome(role, started, weight, key, status=500, latency=latency,
+                              routed_at=started + wall_offset)
         else:
             prompt = (
                 log_tokens + _LOG_PROMPT + prompt_offsets[user] + PROMPT_SIGMA * normals[bits(_NORMAL_BITS)]
@@ -394,7 +404,7 @@ def _start_second(
                 + COMPLETION_SIGMA * normals[bits(_NORMAL_BITS)]
             )) or 1
             outcome = Outcome(
-                role, started, weight, key, status=200, latency=latency,
+                role, started, weight, key, status=200, latency=latency, routed_at=started + wall_offset,
                 prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
                 output_chars=CHARS_PER_TOKEN * completion,
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),
@@ -405,15 +415,13 @@ def _start_second(
 def _finish(
     in_flight: list[tuple[float, int, Outcome]],
     until: float,
-    record_window: Callable[[Outcome, float], None],
-    record_controller: Callable[[Outcome], None],
+    record: Callable[[Outcome], None],
     canary_times: list[float],
 ) -> None:
-    """Hand the requests that completed by `until` to the product's sinks, in completion order."""
+    """Hand the requests that completed by `until` to the evidence, in completion order."""
     while in_flight and in_flight[0][0] <= until:
         t, _, outcome = heappop(in_flight)
-        record_window(outcome, t)
-        record_controller(outcome)
+        record(outcome)
         if outcome.role is _CANARY:
             canary_times.append(t)
 

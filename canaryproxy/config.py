@@ -304,8 +304,23 @@ class AlertsConfig(_Strict):
 
 
 class StateConfig(_Strict):
+    # Where the rollout state lives: `file` (at `path`, survives restarts) or `memory` (lost on
+    # restart). Default: file when a path is given, else memory.
+    backend: Literal["memory", "file"] | None = None
     path: Path | None = None  # where the rollout state survives restarts; none: memory only
     audit_log: Path | None = None  # append-only audit of admin mutations; default: beside path
+
+    @model_validator(mode="after")
+    def _backend_has_what_it_needs(self) -> StateConfig:
+        if self.backend == "file" and self.path is None:
+            raise ValueError("backend file needs state.path (the file the rollout state is kept in)")
+        if self.backend == "memory" and self.path is not None:
+            raise ValueError("backend memory keeps nothing on disk: remove state.path or use backend file")
+        return self
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend or ("file" if self.path is not None else "memory")
 
 
 class RouteSchemaConfig(_Strict):

@@ -4,6 +4,9 @@
     ├── ConfigError            a config file, a flag or an environment variable is wrong (exit status 2)
     ├── StartupError           the proxy cannot start safely here (e.g. aiohttp's pure-Python parser)
     ├── StateError             the durable rollout state cannot be read or written
+    │   ├── StateConflict          a compare-and-set found another generation than the writer read
+    │   ├── Fenced                 a write carried a fencing token older than the current leader's
+    │   └── NotDurable             a single-process store took the state but could not persist it
     ├── CommandRejected        an operator command does not apply in the current phase (admin API: 409)
     └── UpstreamError          an upstream could not give a usable response (data plane: 502/504)
         ├── UpstreamConnectError       refused, unreachable, or no pool slot in time
@@ -41,6 +44,23 @@ class StartupError(CanaryProxyError):
 
 class StateError(CanaryProxyError):
     """The durable rollout state is unreadable, corrupt, or cannot be written."""
+
+
+class StateConflict(StateError):
+    """The stored state moved on since the writer read it (another writer won): reload, retry."""
+
+    def __init__(self, message: str, stored_generation: int | None) -> None:
+        self.stored_generation = stored_generation
+        super().__init__(message)
+
+
+class Fenced(StateError):
+    """The writer's fencing token is older than the current leader's: it no longer leads."""
+
+
+class NotDurable(StateError):
+    """A single-process store accepted the state (its memory is the truth) but could not write it
+    to disk: the rollout goes on, and a restart would resume from the last state written."""
 
 
 class CommandRejected(CanaryProxyError):

@@ -1,9 +1,11 @@
 """Prometheus metrics: lifetime totals per version, computed at scrape time.
 
-`Totals` is an `OutcomeSink`: on the request path it only bumps plain integers and floats (a dict
-lookup and a bisect per histogram, about a microsecond). `Exporter` is a prometheus_client
-`Collector` that turns those totals, and the live weight and rollout state, into metric families
-when Prometheus scrapes; the registry is passed in, so each test gets a fresh one.
+`Totals` is an `OutcomeSink`: on the request path it counts each request through the tally's
+declarations (core/tally.py: a `LifetimeTally` per version, every declaration over every request,
+as Prometheus reports what happened) and into fixed-bucket Prometheus histograms. `Exporter` is a
+prometheus_client `Collector` that turns those totals, the live weight and the rollout's state
+into metric families when Prometheus scrapes; the registry is passed in, so each test gets a
+fresh one. Metric families are built here only (the admin listener serves them).
 
 Label values are bounded: version ∈ {stable, canary}; status class; error kind (an enum);
 guardrail source (fixed names plus the rule names in the config).
@@ -12,7 +14,7 @@ guardrail source (fixed names plus the rule names in the config).
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,8 +24,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from canaryproxy.control.controller import Readout
+from canaryproxy.core.stages import Phase
 from canaryproxy.core.tally import DECLARED, LifetimeTally
-from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, Role
+from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, Role, Status
 
 # Bucket bounds, in the unit of each metric. Model calls range from tens of milliseconds
 # (embeddings) to minutes (long generations).
@@ -92,19 +96,19 @@ class Totals:
 class Exporter(Collector):
     """Builds the metric families at scrape time from the totals and the live state.
 
-    `extra` yields more metric families at scrape time (the rollout adds its stage, phase and
-    rollback count).
+    `rollout` reads the rollout's state for its gauges (stage, phase, rollbacks, rule statuses);
+    None without a rollout.
     """
 
     def __init__(
         self,
         totals: Totals,
         weight: Callable[[], float],
-        extra: Callable[[], Iterable[Metric]] | None = None,
+        rollout: Callable[[], Readout] | None = None,
     ) -> None:
         self._totals = totals
         self._weight = weight
-        self._extra = extra
+        self._rollout = rollout
 
     def describe(self) -> list[Metric]:
         # Describing by collecting is cheap here and keeps names in one place.
@@ -168,5 +172,25 @@ class Exporter(Collector):
         yield GaugeMetricFamily(
             "canaryproxy_canary_weight", "Share of traffic routed to the canary, in percent.",
             value=self._weight())
-        if self._extra is not None:
-            yield from self._extra()
+        if self._rollout is not None:
+            yield from rollout_families(self._rollout())
+
+
+def rollout_families(readout: Readout) -> Iterator[Metric]:
+    """The rollout's gauges: stage, phase, rollbacks, and each rule's and judge test's status."""
+    yield GaugeMetricFamily("canaryproxy_rollout_stage",
+                            "Current stage of the rollout, 1-based (0 when idle).", value=readout.stage)
+    phase = GaugeMetricFamily("canaryproxy_rollout_phase",
+                              "1 for the rollout's current phase, 0 for the others.", labels=["phase"])
+    for p in Phase:
+        phase.add_metric([p.value], 1.0 if readout.phase is p else 0.0)
+    yield phase
+    yield CounterMetricFamily("canaryproxy_rollbacks", "Rollbacks, automatic and by operator.",
+                              value=readout.rollbacks)
+    verdicts = GaugeMetricFamily("canaryproxy_rule_status",
+                                 "1 for each rule's (and judge test's) current status.",
+                                 labels=["rule", "status"])
+    for v in readout.verdicts:
+        for status in Status:
+            verdicts.add_metric([v.source, status.value], 1.0 if v.status is status else 0.0)
+    yield verdicts

@@ -1,7 +1,11 @@
-"""Wiring: the only place that builds the pieces from a Config and starts and stops them.
+"""Wiring: the only place that builds the pieces (from `settings`) and starts and stops them.
 
-`CanaryProxy(config)` owns the data-plane listener, the admin listener and everything behind them.
-`start()` binds both (port 0 picks a free port, which tests use); `shutdown()` drains:
+`build_data_plane` makes what serves requests: the splitter, the router, the forwarder and the
+exporter's totals; every finished request goes to the totals and to the outcome feed.
+`build_control_plane` makes what decides: the evidence (windows and judge, fed from the outcome
+feed), the rollout store, the follower that puts the stored weight in force, the controller, the
+alerter and the admin API. `CanaryProxy(config)` joins the two and owns both listeners. `start()`
+binds them (port 0 picks a free port, which tests use); `shutdown()` drains:
 
 1. readiness fails and requests that still arrive on kept-alive connections get 503 + Retry-After;
 2. the data listener closes and idle keep-alive connections are closed;
@@ -15,28 +19,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
-
 from prometheus_client import CollectorRegistry
 
+from canaryproxy import settings
 from canaryproxy.admin.api import AdminAPI, AuditLog
-from canaryproxy.alerts import Alerter, Webhook
+from canaryproxy.alerts import Alerter
+from canaryproxy.backends.memory import DirectFeed, SoleLeadership
+from canaryproxy.backends.protocols import OutcomeFeed
 from canaryproxy.clock import Clock, SystemClock
 from canaryproxy.config import Config
-from canaryproxy.control.controller import LATENCY_BASELINE_SPAN, Controller
+from canaryproxy.control.controller import Controller
+from canaryproxy.control.decisions import DecisionRecord
+from canaryproxy.control.evidence import Evidence
+from canaryproxy.control.follower import Follower
 from canaryproxy.core.judge import Judge
 from canaryproxy.core.rules import RuleEngine
 from canaryproxy.core.splitter import Splitter
-from canaryproxy.core.types import Role, FanOutSink, Outcome, OutcomeSink
-from canaryproxy.core.window import WindowConfig, Windows
+from canaryproxy.core.types import FanOutSink, OutcomeSink
+from canaryproxy.core.window import Windows
 from canaryproxy.errors import StartupError
 from canaryproxy.exporter import Exporter, Totals
-from canaryproxy.proxy.forward import Forwarder, ProxySettings
+from canaryproxy.proxy.forward import Forwarder
 from canaryproxy.proxy.headers import TrustedProxies
 from canaryproxy.proxy.routing import Router
-from canaryproxy.backends.state import FileStateStore, MemoryStateStore, StateStore
 
 log = logging.getLogger("canaryproxy")
 
@@ -74,111 +83,78 @@ def require_c_parser() -> None:
         )
 
 
-def proxy_settings(config: Config) -> ProxySettings:
-    t = config.timeouts
-    return ProxySettings(
-        upstreams={Role.STABLE: config.upstreams.stable, Role.CANARY: config.upstreams.canary},
-        connect_timeout=t.connect,
-        first_byte_timeout=t.first_byte,
-        idle_timeout=t.idle,
-        client_body_timeout=t.client_body,
-        client_write_timeout=t.client_write,
-        max_request_body=config.limits.max_request_body,
-        upstream_connections=config.limits.upstream_connections,
-        served_by_header=config.routing.served_by_header,
-        access_log=config.access_log,
-        identity_encoding=config.inspection.identity_encoding,
+@dataclass(slots=True)
+class DataPlane:
+    """What serves requests. Every finished request goes to `sink` (totals, outcome feed)."""
+
+    splitter: Splitter
+    router: Router
+    forwarder: Forwarder
+    totals: Totals
+
+
+def build_data_plane(config: Config, feed: OutcomeFeed, clock: Clock,
+                     extra_sink: OutcomeSink | None = None) -> DataPlane:
+    splitter = Splitter(config.routing.weight)
+    trusted = TrustedProxies(config.trusted_proxies)
+    router = Router(splitter, config.routing.sticky, trusted, config.routing.override_header)
+    totals = Totals()
+    sinks: list[OutcomeSink] = [totals, feed]
+    if extra_sink is not None:
+        sinks.append(extra_sink)
+    forwarder = Forwarder(
+        settings.proxy_settings(config), router, trusted, FanOutSink(*sinks),
+        inspection=config.inspection_settings(), now=clock.monotonic,
     )
+    return DataPlane(splitter, router, forwarder, totals)
 
 
-class WindowRecorder:
-    """OutcomeSink that files each outcome in the windows at the time it finished."""
+@dataclass(slots=True)
+class ControlPlane:
+    """What decides: evidence, the rollout's store, follower and controller (None without a
+    rollout), the alerter and the admin API."""
 
-    __slots__ = ("_windows",)
-
-    def __init__(self, windows: Windows) -> None:
-        self._windows = windows
-
-    def record(self, outcome: Outcome) -> None:
-        self._windows.record(outcome, outcome.started + outcome.latency)
-
-
-def window_config(config: Config) -> WindowConfig:
-    longest = config.rollout.longest_window() if config.rollout else 0.0
-    span = max(config.windows.span, longest, LATENCY_BASELINE_SPAN)
-    return WindowConfig(bucket_seconds=config.windows.bucket, span_seconds=span)
+    evidence: Evidence
+    follower: Follower | None
+    controller: Controller | None
+    alerter: Alerter
+    admin: AdminAPI
+    registry: CollectorRegistry
 
 
-def state_store(config: Config) -> StateStore:
-    return FileStateStore(config.state.path) if config.state.path else MemoryStateStore()
-
-
-def audit_path(config: Config) -> Path | None:
-    if config.state.audit_log:
-        return config.state.audit_log
-    if config.state.path:
-        return config.state.path.parent / "audit.jsonl"
-    return None
+def build_control_plane(config: Config, data: DataPlane, feed: OutcomeFeed, clock: Clock,
+                        is_ready: Callable[[], bool]) -> ControlPlane:
+    rollout = settings.rollout_settings(config)
+    judge = Judge(rollout.judge) if rollout is not None and rollout.judge is not None else None
+    evidence = Evidence(Windows(settings.window_config(config)), judge)
+    feed.subscribe(evidence)
+    alerter = Alerter(settings.webhooks(config), context={
+        "upstreams": {"stable": config.upstreams.stable, "canary": config.upstreams.canary}})
+    follower = controller = None
+    if rollout is not None:
+        store = settings.rollout_store(config)
+        follower = Follower(store, data.splitter.set_weight, clock.monotonic)
+        controller = Controller(
+            rollout.plan, RuleEngine(rollout.rules), evidence, store, SoleLeadership(), follower,
+            alerter, DecisionRecord(), clock, rollout.evaluate_every, autostart=rollout.autostart,
+        )
+    registry = CollectorRegistry()
+    registry.register(Exporter(data.totals, lambda: data.splitter.weight,
+                               controller.readout if controller is not None else None))
+    admin = AdminAPI(
+        controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
+        config.admin.token, AuditLog(settings.audit_path(config)), evidence.windows, clock,
+    )
+    return ControlPlane(evidence, follower, controller, alerter, admin, registry)
 
 
 class CanaryProxy:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        clock: Clock | None = None,
-        sink: OutcomeSink | None = None,
-    ) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None, sink: OutcomeSink | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.splitter = Splitter(config.routing.weight)
-        trusted = TrustedProxies(config.trusted_proxies)
-        self.router = Router(
-            self.splitter, config.routing.sticky, trusted, config.routing.override_header
-        )
-        self.windows = Windows(window_config(config))
-        self.totals = Totals()
-        self.alerter = Alerter(
-            [Webhook(w.url, w.format, w.timeout, w.retries) for w in config.alerts.webhooks],
-            context={"upstreams": {"stable": config.upstreams.stable, "canary": config.upstreams.canary}},
-        )
-        self.controller: Controller | None = None
-        if config.rollout is not None:
-            rollout = config.rollout
-            self.controller = Controller(
-                rollout.to_plan(),
-                RuleEngine([r.to_rule() for r in rollout.rules]),
-                Judge(rollout.judge.to_judge_config()) if rollout.judge.enabled else None,
-                self.windows,
-                state_store(config),
-                self.alerter,
-                self.set_weight,
-                self.clock,
-                rollout.evaluate_every,
-                autostart=rollout.start == "auto",
-            )
-        sinks: list[OutcomeSink] = [WindowRecorder(self.windows), self.totals]
-        if self.controller is not None:
-            sinks.append(self.controller)
-        if sink is not None:
-            sinks.append(sink)
-        self.registry = CollectorRegistry()
-        self.registry.register(
-            Exporter(self.totals, lambda: self.weight,
-                     self.controller.metrics if self.controller is not None else None)
-        )
-        self.forwarder = Forwarder(
-            proxy_settings(config),
-            self.router,
-            trusted,
-            FanOutSink(*sinks),
-            inspection=config.inspection_settings(),
-            now=self.clock.monotonic,
-        )
-        self.admin = AdminAPI(
-            self.controller, self.registry, self.is_ready, lambda: self.weight, self.set_weight,
-            config.admin.token, AuditLog(audit_path(config)), self.windows, self.clock,
-        )
+        feed = DirectFeed()
+        self.data = build_data_plane(config, feed, self.clock, sink)
+        self.control = build_control_plane(config, self.data, feed, self.clock, self.is_ready)
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._data_site: web.TCPSite | None = None
@@ -186,18 +162,33 @@ class CanaryProxy:
         self.admin_port = 0
         self._stopped = asyncio.Event()
 
-    # --- what the admin API and the controller call --------------------------------------------
+    # The parts tests and the demo look at.
+    @property
+    def forwarder(self) -> Forwarder:
+        return self.data.forwarder
+
+    @property
+    def controller(self) -> Controller | None:
+        return self.control.controller
+
+    @property
+    def windows(self) -> Windows:
+        return self.control.evidence.windows
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.control.registry
 
     def set_weight(self, weight: float) -> None:
-        """Change the canary weight; applies to the next request."""
-        self.splitter.set_weight(weight)
+        """Change the canary weight of a fixed split; applies to the next request."""
+        self.data.splitter.set_weight(weight)
 
     @property
     def weight(self) -> float:
-        return self.splitter.weight
+        return self.data.splitter.weight
 
     def is_ready(self) -> bool:
-        return self._data_site is not None and not self.forwarder.draining
+        return self._data_site is not None and not self.data.forwarder.draining
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -206,6 +197,7 @@ class CanaryProxy:
         logging.getLogger("aiohttp.server").addFilter(_quiet_filter)
         config = self.config
         await self.forwarder.start()
+        control = self.control
 
         server = web.Server(
             self.forwarder,
@@ -217,11 +209,12 @@ class CanaryProxy:
         self._data_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         await self._data_runner.setup()
 
-        await self.alerter.start()
-        if self.controller is not None:
-            self.controller.boot()
-            await self.controller.start()
-        self._admin_runner = web.AppRunner(self.admin.application(), handle_signals=False, access_log=None)
+        await control.alerter.start()
+        if control.follower is not None and control.controller is not None:
+            await control.follower.start()
+            await control.controller.boot()
+            await control.controller.start()
+        self._admin_runner = web.AppRunner(control.admin.application(), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
 
         try:
@@ -265,8 +258,11 @@ class CanaryProxy:
         self._stopped.set()
 
     async def _cleanup(self) -> None:
-        if self.controller is not None:
-            await self.controller.stop()
+        control = self.control
+        if control.controller is not None:
+            await control.controller.stop()
+        if control.follower is not None:
+            await control.follower.stop()
         if self._data_runner is not None:
             await self._data_runner.cleanup()
             self._data_runner = None
@@ -274,7 +270,7 @@ class CanaryProxy:
             await self._admin_runner.cleanup()
             self._admin_runner = None
         await self.forwarder.close()
-        await self.alerter.close()
+        await control.alerter.close()
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and return."""

@@ -24,7 +24,7 @@ import re
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from canaryproxy.clock import Clock
+from canaryproxy.admin.views import SERIES_METRICS, SERIES_POINTS, SERIES_SPAN, status_document, weight_history
 from canaryproxy.control.controller import Controller
 from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Op
@@ -75,13 +76,6 @@ BODIES: dict[str, type[_Body]] = {
 }
 
 
-# What the dashboard charts, per version: GET /admin/series.
-SERIES_METRICS = ("request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request",
-                  "guardrail_rate")
-SERIES_SPAN = 900.0  # the dashboard's 15 minutes, unless the windows keep less
-SERIES_POINTS = 180  # the default step gives at most this many points
-
-
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "admin_error", "code": code}},
                              status=status, headers=headers or None)
@@ -117,33 +111,6 @@ def dashboard_page() -> tuple[bytes, str]:
 
 def _csp_hash(source: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
-
-
-def weight_history(decisions: Iterable[Mapping[str, Any]], since: float, now: float,
-                   current: float) -> dict[str, list[float]]:
-    """The canary weight from wall time `since` to `now` as change points of a step function.
-
-    Every decision record says the weight after it (`after`), transitions also the weight before
-    (`before`). The weight at `since` is the one after the last record before it; when the record
-    starts later (it keeps the last `history` records), the one before its first record.
-    """
-    records = [record for record in decisions if record.get("after") is not None]
-    earlier = [record for record in records if record["time"] <= since]
-    within = [record for record in records if since < record["time"] <= now]
-    if earlier:
-        start = earlier[-1]["after"]["weight"]
-    elif within:
-        start = (within[0].get("before") or within[0]["after"])["weight"]
-    else:
-        start = current
-    times, values = [since], [start]
-    for record in within:
-        if record["after"]["weight"] != values[-1]:
-            times.append(record["time"])
-            values.append(record["after"]["weight"])
-    times.append(now)
-    values.append(current)
-    return {"t": times, "value": values}
 
 
 class AuditLog:
@@ -233,7 +200,7 @@ class AdminAPI:
         if self.controller is None:
             return web.json_response({"phase": "static", "weight": self.get_weight(),
                                       "explain": "no rollout configured: a fixed split"})
-        return web.json_response(self.controller.status(window))
+        return web.json_response(status_document(self.controller, window))
 
     async def decisions(self, request: web.Request) -> web.Response:
         limit = 100
@@ -244,7 +211,7 @@ class AdminAPI:
                     raise ValueError
             except ValueError:
                 return _error(400, "bad_limit", "limit: an integer from 1 to 10000")
-        records = list(self.controller.decisions)[-limit:] if self.controller is not None else []
+        records = self.controller.decisions.recent(limit) if self.controller is not None else []
         return web.json_response({"decisions": records})
 
     async def series(self, request: web.Request) -> web.Response:
@@ -255,19 +222,19 @@ class AdminAPI:
             span = _duration_query(request, "span", min(SERIES_SPAN, config.span_seconds))
             default_step = whole_buckets(span / SERIES_POINTS, config.bucket_seconds) * config.bucket_seconds
             step = _duration_query(request, "step", default_step)
-            mono, wall = clock.monotonic(), clock.wall()
-            series = {role: windows[role].series(span, step, mono, SERIES_METRICS) for role in LIVE_ROLES}
+            wall = clock.wall()
+            series = {role: windows[role].series(span, step, wall, SERIES_METRICS) for role in LIVE_ROLES}
         except ValueError as exc:
             return _error(400, "bad_series", str(exc))
         ends = series[Role.STABLE].ends
         document: dict[str, Any] = {
             "span": len(ends) * series[Role.STABLE].step,
             "step": series[Role.STABLE].step,
-            "t": [round(wall - (mono - end), 3) for end in ends],
+            "t": [round(end, 3) for end in ends],
         }
         for role, role_series in series.items():
             document[role.value] = {name: list(values) for name, values in role_series.values.items()}
-        decisions = self.controller.decisions if self.controller is not None else ()
+        decisions = list(self.controller.decisions) if self.controller is not None else []
         document["weight"] = weight_history(decisions, wall - document["span"], wall, self.get_weight())
         return web.json_response(document)
 
@@ -359,7 +326,7 @@ class AdminAPI:
             return web.json_response(self._snapshot()), body.reason
         op = Op.SET_WEIGHT if name == "weight" else Op(name)
         try:
-            self.controller.command(
+            await self.controller.command(
                 op, actor=actor, reason=body.reason,
                 weight=body.weight if isinstance(body, WeightBody) else None,
                 to_end=body.to_end if isinstance(body, PromoteBody) else False,
@@ -368,5 +335,5 @@ class AdminAPI:
             return _error(409, "rejected", str(exc)), body.reason
         except ValueError as exc:
             return _error(400, "bad_request", str(exc)), body.reason
-        return web.json_response(self.controller.status()), body.reason
+        return web.json_response(status_document(self.controller)), body.reason
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from canaryproxy import __version__
-from canaryproxy.admin.api import SERIES_METRICS, SERIES_POINTS
+from canaryproxy.admin.views import SERIES_METRICS, SERIES_POINTS
 from canaryproxy.core.metrics import METRICS
 from canaryproxy.core.window import MAX_SERIES_POINTS
 

@@ -26,7 +26,7 @@ _ERROR_CODE = {error: i for i, error in enumerate(_ERRORS)}
 
 # role, error, flags, status, weight in 0.01% steps, key hash, routed_at, latency, ttft,
 # prompt tokens, completion tokens, output chars, cost, length of the guardrail string
-_FORMAT = struct.Struct("<BBHHHQddddiiiH")
+_FORMAT = struct.Struct("<BBHHHQdddiiidH")
 _NAN = math.nan
 
 _HAS_KEY, _TRUNCATED, _USAGE_MISSING, _SCHEMA_CHECKED, _SCHEMA_OK, _SCHEMA_SKIPPED = (1 << i for i in range(6))
@@ -89,7 +89,7 @@ def decode(data: bytes | memoryview, offset: int = 0) -> tuple[Observation, int]
          chars, cost, guardrails_length) = _FORMAT.unpack_from(data, offset)
         end = offset + _FORMAT.size + guardrails_length
         if end > len(data):
-            raise ValueError("truncated guardrail sources")
+            raise struct.error("the guardrail sources are cut short")
         guardrails = bytes(data[offset + _FORMAT.size:end]).decode().split("\0") if guardrails_length else []
         observation = Observation(
             role=_ROLES[role], routed_at=routed_at, weight=weight / 100, error=_ERRORS[error],

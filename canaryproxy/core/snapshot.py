@@ -38,7 +38,8 @@ class WindowSnapshot:
 
     @property
     def output_chars(self) -> int:
-        return round(self.output_length.total)
+        histogram: Histogram = self.output_length
+        return round(histogram.total)
 
     @property
     def output_chars_count(self) -> int:
@@ -48,7 +49,8 @@ class WindowSnapshot:
 
     @property
     def guardrail_interventions(self) -> int:
-        return sum(self.guardrails.values())
+        guardrails: dict[str, int] = self.guardrails
+        return sum(guardrails.values())
 
     def metric(self, name: str) -> MetricValue:
         """The value of a metric of the catalogue (`canaryproxy.core.metrics.METRICS`)."""

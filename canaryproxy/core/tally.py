@@ -1,7 +1,7 @@
 """What is counted of a finished request, declared once, and the mergeable tally that counts it.
 
 Every reader of outcomes — the metric windows, the Prometheus exporter, the judge — reads them
-through the declarations below, so one new counter is one line here (and, for a rule to name it,
+through the declarations below (and feedback records through the FEEDBACK ones), so one new counter is one line here (and, for a rule to name it,
 one entry in core/metrics.py). A declaration says what is read of an `Observed` and over which
 requests:
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canaryproxy.core.histogram import Histogram, HistogramLayout
-from canaryproxy.core.types import Observed
+from canaryproxy.core.types import Feedback, Observed
 
 LATENCY_LAYOUT = HistogramLayout(min_value=1e-4, max_value=1e5)  # seconds: 100 µs .. 28 hours
 COUNT_LAYOUT = HistogramLayout(min_value=1.0, max_value=1e8)  # tokens and characters
@@ -33,6 +33,7 @@ COUNT_LAYOUT = HistogramLayout(min_value=1.0, max_value=1e8)  # tokens and chara
 class Scope(enum.Enum):
     EVERY = "every"  # every recorded request
     JUDGED = "judged"  # requests that count for the version
+    FEEDBACK = "feedback"  # read of a Feedback record (`Tally.record_feedback`), not of a request
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,9 @@ LABELLED: tuple[Declaration, ...] = (
     _label("status_classes", "o.status_class"),
     _label("errors", "None if o.error is None else o.error.value"),
     _labels("guardrails", "o.guardrails"),
+    # Feedback that arrives after the response, by declared name (core.types.Feedback).
+    Declaration("label", "feedback", "o.name", Scope.FEEDBACK),
+    Declaration("label", "negative_feedback", "o.name if o.negative else None", Scope.FEEDBACK),
 )
 DISTRIBUTIONS: tuple[Declaration, ...] = (
     _distribution("latency", "o.latency", LATENCY_LAYOUT),
@@ -123,13 +127,13 @@ _READERS: dict[str, Callable[[Observed], Any]] = {
 TOTAL_COUNTS: Mapping[str, str] = {"cost_usd": "cost_count"}
 
 
-def _record_source(everything: bool, distributions: bool) -> str:
-    """The body of a `record` for these declarations: one line per declaration, judged ones after
-    the `counts_for_version` check (unless `everything`)."""
+def _record_source(scopes: tuple[Scope, ...], everything: bool, distributions: bool) -> str:
+    """The body of a `record` for the declarations of `scopes`: one line per declaration, judged
+    ones after the `counts_for_version` check (unless `everything`)."""
     lines = ["def record(tally, o):", "    counts, totals, labelled = tally.counts, tally.totals, tally.labelled"]
     if distributions:
         lines.append("    histograms = tally.distributions")
-    for scope in (Scope.EVERY, Scope.JUDGED):
+    for scope in scopes:
         if scope is Scope.JUDGED and not everything:
             lines.append("    if not o.counts_for_version:\n        return")
         lines += _declaration_lines(scope, distributions)
@@ -160,10 +164,11 @@ def _declaration_lines(scope: Scope, distributions: bool) -> list[str]:
     return lines
 
 
-def _compiled(everything: bool, distributions: bool) -> Callable[[Tally, Observed], None]:
+def _compiled(scopes: tuple[Scope, ...], everything: bool = False, distributions: bool = False
+              ) -> Callable[[Tally, Any], None]:
     namespace: dict[str, Any] = {}
-    exec(_record_source(everything, distributions), namespace)  # noqa: S102 (our own text)
-    function: Callable[[Tally, Observed], None] = namespace["record"]
+    exec(_record_source(scopes, everything, distributions), namespace)  # noqa: S102 (our own text)
+    function: Callable[[Tally, Any], None] = namespace["record"]
     return function
 
 
@@ -189,6 +194,10 @@ class Tally:
     def record(self, o: Observed) -> None:
         """Count one request. On the hot path: every request, for its bucket."""
         _RECORD_JUDGED(self, o)
+
+    def record_feedback(self, feedback: Feedback) -> None:
+        """Count one feedback record (the FEEDBACK declarations)."""
+        _RECORD_FEEDBACK(self, feedback)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -276,5 +285,6 @@ class LifetimeTally(Tally):
         _RECORD_EVERYTHING(self, o)
 
 
-_RECORD_JUDGED = _compiled(everything=False, distributions=True)
-_RECORD_EVERYTHING = _compiled(everything=True, distributions=False)
+_RECORD_JUDGED = _compiled((Scope.EVERY, Scope.JUDGED), distributions=True)
+_RECORD_EVERYTHING = _compiled((Scope.EVERY, Scope.JUDGED), everything=True)
+_RECORD_FEEDBACK = _compiled((Scope.FEEDBACK,))

@@ -208,6 +208,12 @@ class OutcomeSink(Protocol):
     def record(self, outcome: Outcome) -> None: ...
 
 
+class ObservedSink(Protocol):
+    """Receives finished requests as any process observed them (an Outcome or an Observation)."""
+
+    def record(self, outcome: Observed) -> None: ...
+
+
 class FeedbackSink(Protocol):
     """Receives every accepted feedback record. On the event loop: O(1), never raises."""
 

@@ -53,7 +53,7 @@ from canaryproxy.core.series import MAX_SERIES_POINTS, Series, SeriesCache
 from canaryproxy.core.series import series as make_series
 from canaryproxy.core.snapshot import WindowSnapshot
 from canaryproxy.core.tally import COUNT_LAYOUT, LATENCY_LAYOUT, Tally
-from canaryproxy.core.types import LIVE_ROLES, Observed, Role
+from canaryproxy.core.types import LIVE_ROLES, Feedback, Observed, Role
 from canaryproxy.core.units import whole_buckets
 
 __all__ = [
@@ -128,24 +128,43 @@ class RoleWindow:
         self.series_cache = SeriesCache(0, ())  # closed steps of the last series (module docstring)
 
     def record(self, outcome: Observed, t: float) -> None:
-        """Count an outcome that finished at monotonic time `t`. O(1)."""
-        index = int(t // self._bucket_seconds)
-        if index > self._newest_index:
-            self._newest_index = index
-        elif index <= self._newest_index - self._ring_size:
-            self.dropped_late += 1
+        """Count an outcome that finished at time `t`. O(1)."""
+        index = self._index_kept(t)
+        if index is None:
             return
-        position = index % self._ring_size
-        if self._bucket_indexes[position] != index:
-            self._reuse_slot(position, index)
-        self._buckets[position].record(outcome)
+        self._buckets[index % self._ring_size].record(outcome)
         if index <= self._running_high:
             for running in self._running.values():
                 if running.holds(index):
                     running.tally.record(outcome)
 
+    def record_feedback(self, feedback: Feedback, t: float) -> None:
+        """Count a feedback record in the bucket of time `t` (the request's, when it is late)."""
+        index = self._index_kept(t)
+        if index is None:
+            return
+        self._buckets[index % self._ring_size].record_feedback(feedback)
+        if index <= self._running_high:
+            for running in self._running.values():
+                if running.holds(index):
+                    running.tally.record_feedback(feedback)
+
+    def _index_kept(self, t: float) -> int | None:
+        """The bucket index of time `t` with its slot ready, or None (and counted) when the ring
+        no longer keeps it."""
+        index = int(t // self._bucket_seconds)
+        if index > self._newest_index:
+            self._newest_index = index
+        elif index <= self._newest_index - self._ring_size:
+            self.dropped_late += 1
+            return None
+        position = index % self._ring_size
+        if self._bucket_indexes[position] != index:
+            self._reuse_slot(position, index)
+        return index
+
     def snapshot(self, span: float, t: float) -> WindowSnapshot:
-        """Merge the buckets of the last `span` seconds up to monotonic time `t` (included)."""
+        """Merge the buckets of the last `span` seconds up to time `t` (included)."""
         span_buckets = self._checked_span_buckets(span)
         now = int(t // self._bucket_seconds)
         low = max(now - span_buckets, self._newest_index - self._ring_size)
@@ -247,17 +266,32 @@ class RoleWindow:
 class Windows:
     """One `RoleWindow` per role."""
 
-    __slots__ = ("config", "_arms")
+    __slots__ = ("config", "_roles")
 
     def __init__(self, config: WindowConfig = WindowConfig()) -> None:
         self.config = config
-        self._arms = {role: RoleWindow(config) for role in LIVE_ROLES}
+        self._roles = {role: RoleWindow(config) for role in LIVE_ROLES}
 
     def record(self, outcome: Observed, t: float) -> None:
-        self._arms[outcome.role].record(outcome, t)
+        try:
+            window = self._roles[outcome.role]
+        except KeyError:
+            raise _no_window(outcome.role) from None
+        window.record(outcome, t)
+
+    def record_feedback(self, feedback: Feedback, t: float) -> None:
+        self[feedback.role].record_feedback(feedback, t)
 
     def snapshot(self, role: Role, span: float, t: float) -> WindowSnapshot:
-        return self._arms[role].snapshot(span, t)
+        return self[role].snapshot(span, t)
 
     def __getitem__(self, role: Role) -> RoleWindow:
-        return self._arms[role]
+        try:
+            return self._roles[role]
+        except KeyError:
+            raise _no_window(role) from None
+
+
+def _no_window(role: Role) -> ValueError:
+    known = ", ".join(LIVE_ROLES)
+    return ValueError(f"role {str(role)!r} has no window: only {known} are counted (shadow is not supported yet)")

@@ -210,6 +210,7 @@ class Forwarder:
             key_hash=hash64,
             request_id=request_id,
             method=request.method,
+            routed_at=time.time(),
         )
         self.in_flight += 1
         try:

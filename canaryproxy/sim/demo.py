@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 import aiohttp
 
+from canaryproxy.admin.views import status_document
 from canaryproxy.config import parse
 from canaryproxy.core.units import format_duration
 from canaryproxy.errors import ConfigError
@@ -417,9 +418,9 @@ class DemoRun:
     def _result(self, outcome: str) -> DemoResult:
         decision = None
         if outcome == "interrupted":
-            reason = "stopped at " + self.controller.status(window=STATUS_WINDOW)["explain"]
+            reason = "stopped at " + status_document(self.controller, window=STATUS_WINDOW)["explain"]
         else:
-            decision = next(d for d in reversed(self.controller.decisions)
+            decision = next(d for d in reversed(list(self.controller.decisions))
                             if d["kind"] == "transition" and d["after"]["phase"] == outcome)
             reason = decision["summary"]
         return DemoResult(scenario=self.scenario.name, outcome=outcome, reason=reason, elapsed=self.elapsed(),
@@ -427,7 +428,7 @@ class DemoRun:
 
     def frame(self) -> Frame:
         window = min(STATUS_WINDOW, max(1.0, self.elapsed()))  # a rate over seconds that had traffic
-        return Frame(self, self.controller.status(window=window))
+        return Frame(self, status_document(self.controller, window=window))
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

@@ -1,0 +1,90 @@
+"""The evidence: the one way finished requests (and late feedback) reach the windows and the judge.
+
+Whatever process served a request, its record arrives here through the outcome feed — in one
+process straight from the data plane, with several through the shared backend — and is filed in
+the windows at the wall-clock second it finished, counted toward the stage's `min_requests`
+when the canary served it, and taken in by the judge. The controller reads only from here.
+
+The judge's latency tests compare against stable's p95 and p99, which this module fixes once per
+rollout from stable's own window (`LATENCY_BASELINE_SPAN`), never from the data under test: any
+threshold fixed before the test looks keeps it valid, and a noisy one only costs power.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from canaryproxy.core.judge import Judge
+from canaryproxy.core.snapshot import WindowSnapshot
+from canaryproxy.core.types import Feedback, Observed, Role, Verdict
+from canaryproxy.core.window import Windows
+
+log = logging.getLogger("canaryproxy.controller")
+
+# Stable's p95 and p99 for the judge's latency tests are fixed from this much of stable's traffic,
+# once it has at least this many requests.
+LATENCY_BASELINE_SPAN = 300.0
+LATENCY_BASELINE_MIN_REQUESTS = 100
+
+
+class Evidence:
+    """An `ObservedSink` and `FeedbackSink`: windows + judge + the canary request count."""
+
+    __slots__ = ("windows", "judge", "_canary_requests", "_baseline_needed")
+
+    def __init__(self, windows: Windows, judge: Judge | None) -> None:
+        self.windows = windows
+        self.judge = judge
+        self._canary_requests = 0  # canary requests that count for the version, since taken
+        self._baseline_needed = judge is not None
+
+    def record(self, outcome: Observed) -> None:
+        """Take in one finished request. On the request path in one process: O(1)."""
+        self.windows.record(outcome, outcome.routed_at + outcome.latency)
+        if outcome.role is Role.CANARY and outcome.counts_for_version:
+            self._canary_requests += 1
+        if self.judge is not None:
+            self.judge.observe(outcome)
+
+    def record_feedback(self, feedback: Feedback) -> None:
+        """Take in one feedback record, in the second its request was routed (it is late)."""
+        self.windows.record_feedback(feedback, feedback.routed_at)
+
+    # --- what an evaluation reads ------------------------------------------------------------
+
+    def take_canary_requests(self) -> int:
+        """Canary requests since the last call (the stage's progress toward `min_requests`)."""
+        taken, self._canary_requests = self._canary_requests, 0
+        return taken
+
+    @property
+    def pending_canary_requests(self) -> int:
+        return self._canary_requests
+
+    def judge_verdicts(self, wall: float) -> list[Verdict]:
+        """The judge's verdicts, once stable's latency baseline is fixed if it can be."""
+        if self.judge is None:
+            return []
+        if self._baseline_needed:
+            self._fix_latency_baseline(wall)
+        return self.judge.verdicts()
+
+    def snapshot(self, role: Role, span: float, wall: float) -> WindowSnapshot:
+        return self.windows.snapshot(role, min(span, self.windows.config.span_seconds), wall)
+
+    def restart(self) -> None:
+        """A new rollout starts: the judge forgets everything, the baseline is fixed anew."""
+        if self.judge is not None:
+            self.judge.reset()
+            self._baseline_needed = True
+
+    def _fix_latency_baseline(self, wall: float) -> None:
+        assert self.judge is not None
+        stable = self.snapshot(Role.STABLE, LATENCY_BASELINE_SPAN, wall)
+        p95, p99 = stable.metric("latency_p95"), stable.metric("latency_p99")
+        if p95.value is None or p99.value is None or p95.samples < LATENCY_BASELINE_MIN_REQUESTS:
+            return
+        self.judge.set_latency_thresholds(p95.value, max(p99.value, p95.value))
+        self._baseline_needed = False
+        log.info("judge latency thresholds fixed at stable's p95 = %.1f ms, p99 = %.1f ms (n=%d)",
+                 p95.value * 1000, p99.value * 1000, p95.samples)
