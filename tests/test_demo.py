@@ -26,7 +26,7 @@ RATE, HOLD, DEADLINE = 300.0, 2.5, 40.0
 EXPECTED = {
     "healthy": ("promoted", set()),
     "errors": ("rolled_back", {"errors", "judge:errors"}),
-    "latency": ("rolled_back", {"latency", "judge:latency", "judge:log_latency"}),
+    "latency": ("rolled_back", {"latency", "judge:latency", "judge:latency_tail", "judge:log_latency"}),
     "tokens": ("rolled_back", {"tokens", "judge:tokens", "judge:output_length", "judge:cost"}),
     "guardrail": ("rolled_back", {"guardrails", "judge:guardrail"}),
     "schema": ("rolled_back", {"schema", "judge:schema"}),

@@ -18,14 +18,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from canaryproxy.errors import ConfigError
-from canaryproxy.sim.simulator import (
-    WRITE_INTERVAL,
-    Behaviour,
-    ChatRequest,
-    ModelSimulator,
-    _batches,
-    plan_reply,
-)
+from canaryproxy.sim.replies import WRITE_INTERVAL, Behaviour, ChatRequest, plan_reply
+from canaryproxy.sim.simulator import ModelSimulator, _batches
 
 FAST = Behaviour(latency=0.02, ttft=0.005, tokens_mean=40, error_rate=0.0)
 PROMPT = [{"role": "user", "content": "Say something about canary releases, please!!"}]

@@ -1,0 +1,161 @@
+"""What the demo rolls out: the two versions, the scenarios, and the rollout config it runs."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+from canaryproxy.core.units import format_duration
+from canaryproxy.sim.simulator import Behaviour
+
+if TYPE_CHECKING:
+    pass
+
+# --- what the demo rolls out ------------------------------------------------------------------------
+
+STABLE = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, model="demo-model-v1")
+CANARY = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, model="demo-model-v2")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    story: str  # one line for the top of the screen
+    regression: Mapping[str, object] = field(default_factory=dict)  # canary changes at stage 2
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("healthy", "the canary behaves like stable: it is promoted stage by stage"),
+    Scenario("errors", "at stage 2 the canary's error rate rises from 1% to 8%", {"error_rate": 0.08}),
+    Scenario("latency", "at stage 2 the canary becomes twice as slow",
+             {"latency": CANARY.latency * 2, "ttft": CANARY.ttft * 2}),
+    Scenario("tokens", "at stage 2 the canary's answers become twice as long",
+             {"tokens_mean": CANARY.tokens_mean * 2}),
+    Scenario("guardrail", "at stage 2 a guardrail starts cutting 10% of the canary's answers",
+             {"guardrail_rate": 0.10}),
+    Scenario("schema", "at stage 2 20% of the canary's structured outputs break",
+             {"schema_break_rate": 0.20}),
+)}
+
+# The rollout the demo runs: the section to copy into a config. $-names are sized by `rollout_yaml`.
+ROLLOUT_YAML = string.Template("""\
+rollout:
+  start: auto
+  # The canary's share of the traffic, and how long each stage lasts at least. After the last
+  # stage the canary is promoted to 100%: a stage at 100% would leave the rules that compare
+  # with stable nothing to compare with.
+  stages:
+    - {weight: 5, hold: $hold}
+    - {weight: 25, hold: $hold}
+    - {weight: 50, hold: $hold}
+  # Canary requests a stage must see before it may advance.
+  min_requests: $min_requests
+  # A stage still without enough data after this long pauses the rollout.
+  max_hold: $max_hold
+  evaluate_every: $evaluate_every
+  rules:
+    # More than 5% of canary requests fail.
+    - name: errors
+      metric: error_rate
+      above: 0.05
+      window: $window
+      for: $for_
+      min_samples: $min_samples
+    # The canary's p95 latency is above 1.5x stable's over the same window.
+    - name: latency
+      metric: latency_p95
+      above_stable: 1.5
+      window: $window
+      for: $for_
+      min_samples: $min_samples
+    # The canary's answers are 1.5x as long as stable's, in tokens.
+    - name: tokens
+      metric: output_tokens_per_request
+      above_stable: 1.5
+      window: $window
+      for: $for_
+      min_samples: $min_samples
+    # A guardrail intervenes on more than 5% of the canary's answers.
+    - name: guardrails
+      metric: guardrail_rate
+      above: 0.05
+      window: $window
+      for: $for_
+      min_samples: $min_samples
+    # More than 10% of the canary's structured outputs do not match their schema.
+    - name: schema
+      metric: schema_failure_rate
+      above: 0.10
+      window: $window
+      for: $for_
+      min_samples: $schema_min_samples
+  # The sequential tests, canary against stable, after every request: 1% false-rollback budget.
+  judge:
+    enabled: true
+    # After each weight rise the latency tests wait for cold instances to warm up (20 s by
+    # default). The simulator has no cold start, and the demo's stages are short.
+    warmup: $warmup
+""")
+
+FIRST_STAGE_WEIGHT = 5.0
+STRUCTURED_SHARE = 0.4  # share of demo requests asking for a json_schema answer
+STREAMING_SHARE = 0.5
+USERS = 3000
+
+
+def rollout_yaml(rate: float, hold: float) -> str:
+    """The rollout section for `rate` requests/s and stage holds of `hold` seconds.
+
+    A stage advances only when every rule passes, and a rule says nothing until its window holds
+    `min_samples` canary samples, so the window must hold enough of the first stage's canary
+    traffic (5% of the rate): 1.5x the time it takes to collect them, and at least a hold. 60
+    requests keep the errors rule quiet on a healthy 1% canary (3 failures in 60 would already
+    be 5%); schema failures have no such base rate, so 20 structured outputs are enough.
+    """
+    min_samples, schema_min_samples = 60, 20
+    first_stage_rate = rate * FIRST_STAGE_WEIGHT / 100
+    collect = max(min_samples / first_stage_rate, schema_min_samples / (first_stage_rate * STRUCTURED_SHARE))
+    window = max(hold, 1.5 * collect)
+    evaluate_every = min(1.0, max(0.1, hold / 5))
+    return ROLLOUT_YAML.substitute(
+        hold=format_duration(hold),
+        min_requests=max(10, round(first_stage_rate * hold / 2)),
+        max_hold=format_duration(max(10 * hold, 4 * window)),
+        evaluate_every=format_duration(evaluate_every),
+        window=format_duration(window),
+        for_=format_duration(max(hold / 2, 2 * evaluate_every)),
+        min_samples=min_samples,
+        schema_min_samples=schema_min_samples,
+        warmup=format_duration(min(20.0, hold / 5)),
+    )
+
+
+def demo_config_yaml(stable_url: str, canary_url: str, rate: float, hold: float) -> str:
+    """The whole proxy config of the demo: free loopback ports, the rollout of `rollout_yaml`."""
+    bucket = min(1.0, max(0.1, hold / 5))
+    return f"""\
+listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+upstreams:
+  stable: {stable_url}
+  canary: {canary_url}
+routing:
+  sticky: [header:x-user-id]
+timeouts:
+  drain: 1s              # Ctrl-C should not wait long
+access_log: false
+log_level: warning
+windows:
+  bucket: {format_duration(bucket)}      # fine enough for windows of a few seconds
+# USD per million tokens, so that cost per request shows (and the judge tests it).
+pricing:
+  versions:
+    stable: {{input: 0.5, output: 1.5}}
+    canary: {{input: 0.5, output: 1.5}}
+{rollout_yaml(rate, hold)}"""
+
+
+# --- traffic ------------------------------------------------------------------------------------------
+
