@@ -72,6 +72,8 @@ class MemoryRolloutStore:
         queue: asyncio.Queue[RolloutState] = asyncio.Queue()
         self.space.watchers.append(queue)
         try:
+            if self.space.state is not None and self.space.unreadable is None:
+                yield self.space.state
             while True:
                 yield await queue.get()
         finally:

@@ -8,8 +8,9 @@ one contract suite, tests/backends/, run against every implementation.
   names the generation it read (None: "I saw no readable state"), and, when it writes as the
   leader, its fencing token; the store refuses a write whose generation or token is stale
   (`StateConflict`, `Fenced`), so a paused old leader can never overwrite its successor's
-  decisions and two commands never both apply to the same state. `watch` delivers every accepted
-  state, in order, to every watcher: it is how each process puts the weight in force.
+  decisions and two commands never both apply to the same state. `watch` delivers the state
+  stored now and then every accepted state, in order, to every watcher: it is how each process
+  puts the weight in force.
 * `Leadership`: who runs the automatic evaluation. Acquiring gives a fencing token larger than
   every token given before; `renew` keeps it; a holder that fails to renew in time loses it, and
   the next holder's token is larger.
@@ -45,7 +46,7 @@ class RolloutStore(Protocol):
         ...
 
     def watch(self) -> AsyncIterator[RolloutState]:
-        """Every state stored from now on, in the order stored."""
+        """The state stored now (if any), then every state stored after it, in the order stored."""
         ...
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from canaryproxy.aio import cancel_and_wait
 from canaryproxy.backends.protocols import RolloutStore
-from canaryproxy.core.stages import RolloutState, rebase
+from canaryproxy.core.stages import RolloutState, is_older, rebase
 
 log = logging.getLogger("canaryproxy.follower")
 
@@ -36,7 +36,7 @@ class Follower:
     def observe(self, state: RolloutState) -> bool:
         """Put `state` in force unless a newer one already is. True when it was taken."""
         current = self.state
-        if current is not None and _older(state, current):
+        if current is not None and is_older(state, current):
             return False
         if state.last_t is None:
             state = rebase(state, self._monotonic())
@@ -57,8 +57,3 @@ class Follower:
         async for state in self.store.watch():
             self.observe(state)
 
-
-def _older(state: RolloutState, current: RolloutState) -> bool:
-    if state.generation != current.generation:
-        return state.generation < current.generation
-    return state.stage_elapsed < current.stage_elapsed or state.stage_requests < current.stage_requests

@@ -4,6 +4,7 @@ entry; the contract in test_contract.py then holds it to the same promises."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,9 @@ import pytest
 from canaryproxy.backends.file import FileRolloutStore
 from canaryproxy.backends.memory import MemoryLeadership, MemoryRolloutStore, MemorySpace
 from canaryproxy.backends.protocols import Leadership, RolloutStore
+from canaryproxy.backends.redis import RedisLeadership, RedisRolloutStore, RedisSpace
 from canaryproxy.clock import ManualClock
+from tests.redis_server import RedisServer
 
 
 @dataclass
@@ -53,9 +56,49 @@ def file_backend(tmp_path: Path) -> Backend:
     return Backend("file", ManualClock(), store, None, corrupt)
 
 
-BACKENDS: dict[str, Callable[[Path], Any]] = {"memory": memory_backend, "file": file_backend}
+class ManualRedisClock(ManualClock):
+    """Redis keeps lease time itself: a test moves it by waiting, so leases in the Redis tests
+    are short and `advance` sleeps for real (still bounded: a few hundred milliseconds)."""
+
+    def advance(self, seconds: float) -> None:
+        time.sleep(seconds * REDIS_TIME_SCALE)
+        super().advance(seconds)
+
+
+REDIS_TIME_SCALE = 0.02  # one test second is 20 ms of Redis time
+
+
+def redis_backend(tmp_path: Path) -> Backend:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    spaces: list[RedisSpace] = []
+
+    def space() -> RedisSpace:
+        spaces.append(RedisSpace(server.url, "contract"))
+        return spaces[-1]
+
+    def corrupt() -> None:
+        import redis
+
+        redis.Redis.from_url(server.url).set("canaryproxy:{contract}:state", b"{not json")
+
+    backend = Backend("redis", ManualRedisClock(), lambda: RedisRolloutStore(space(), poll=0.2),
+                      lambda holder, lease: RedisLeadership(space(), holder, lease * REDIS_TIME_SCALE),
+                      corrupt)
+    backend.cleanup = lambda: (server.stop(), spaces)  # type: ignore[attr-defined]
+    return backend
+
+
+BACKENDS: dict[str, Callable[[Path], Any]] = {"memory": memory_backend, "file": file_backend,
+                                              "redis": redis_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    made = BACKENDS[request.param](tmp_path)
+    yield made
+    cleanup = getattr(made, "cleanup", None)
+    if cleanup is not None:
+        _, spaces = cleanup()
+        for space in spaces:
+            await space.close()

@@ -39,19 +39,17 @@ async def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(backend:
     assert (await b.load()).stage_elapsed == 10.0
 
 
-async def test_watch_delivers_every_stored_state_in_order(backend: Backend):
-    store = backend.store()
-    watch = store.watch()
-    first = asyncio.ensure_future(watch.__anext__())
-    await asyncio.sleep(0)  # the watch is registered once it waits
+async def test_watch_delivers_the_stored_state_then_every_later_one_in_order(backend: Backend):
     states = [progressing(1), progressing(1, elapsed=5.0), progressing(2, weight=25.0), progressing(3, weight=50.0)]
-    expected = None
-    for state in states:
+    await backend.store().compare_and_set(states[0], None, None)
+    watch = backend.store().watch()
+    seen = [await asyncio.wait_for(watch.__anext__(), 2)]  # what is stored now comes first
+    expected = states[0].generation
+    for state in states[1:]:
         await backend.store().compare_and_set(state, expected, None)
         expected = state.generation
-    seen = [await asyncio.wait_for(first, 1)]
     for _ in states[1:]:
-        seen.append(await asyncio.wait_for(watch.__anext__(), 1))
+        seen.append(await asyncio.wait_for(watch.__anext__(), 2))
     await watch.aclose()
     assert [s.to_dict() for s in seen] == [s.to_dict() for s in states]
 

@@ -35,11 +35,12 @@ from canaryproxy.core.stages.model import (
     StableBreachPolicy,
     Stage,
     StepInputs,
+    is_older,
     rebase,
 )
 from canaryproxy.core.stages.step import explain, step
 
 __all__ = [
     "Action", "Alert", "AlertKind", "Decision", "Op", "Phase", "Plan", "RolloutState", "SetWeight",
-    "StableBreachPolicy", "Stage", "StepInputs", "command", "explain", "rebase", "step",
+    "StableBreachPolicy", "Stage", "StepInputs", "command", "explain", "is_older", "rebase", "step",
 ]

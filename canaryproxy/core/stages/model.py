@@ -190,6 +190,15 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def is_older(state: RolloutState, than: RolloutState) -> bool:
+    """Whether `state` is behind `than`: a lower generation, or within one generation less hold
+    progress (the leader writes its progress without a new generation, so two writes of one
+    generation are ordered by it)."""
+    if state.generation != than.generation:
+        return state.generation < than.generation
+    return state.stage_elapsed < than.stage_elapsed or state.stage_requests < than.stage_requests
+
+
 def rebase(state: RolloutState, t: float) -> RolloutState:
     """Make `t` (this process's monotonic time) the time of the last step, e.g. after loading."""
     return replace(state, last_t=t)
