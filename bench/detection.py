@@ -384,7 +384,7 @@ def _start_second(
         if z > TAIL_QUANTILE_Z:
             latency *= tail_scale
         if rand() < error_rate:
-            outcome = Outcome(role, started, weight, key, status=500, latency=latency)
+            outcome = Outcome(role, started, weight, key, status=500, latency=latency, routed_at=started)
         else:
             prompt = (
                 log_tokens + _LOG_PROMPT + prompt_offsets[user] + PROMPT_SIGMA * normals[bits(_NORMAL_BITS)]
@@ -394,7 +394,7 @@ def _start_second(
                 + COMPLETION_SIGMA * normals[bits(_NORMAL_BITS)]
             )) or 1
             outcome = Outcome(
-                role, started, weight, key, status=200, latency=latency,
+                role, started, weight, key, status=200, latency=latency, routed_at=started,
                 prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
                 output_chars=CHARS_PER_TOKEN * completion,
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),

@@ -174,6 +174,7 @@ class CanaryProxy:
             FanOutSink(*sinks),
             inspection=config.inspection_settings(),
             now=self.clock.monotonic,
+            wall=self.clock.wall,
         )
         self.admin = AdminAPI(
             self.controller, self.registry, self.is_ready, lambda: self.weight, self.set_weight,

@@ -26,7 +26,7 @@ _ERROR_CODE = {error: i for i, error in enumerate(_ERRORS)}
 
 # role, error, flags, status, weight in 0.01% steps, key hash, routed_at, latency, ttft,
 # prompt tokens, completion tokens, output chars, cost, length of the guardrail string
-_FORMAT = struct.Struct("<BBHHHQddddiiiH")
+_FORMAT = struct.Struct("<BBHHHQdddiiidH")
 _NAN = math.nan
 
 _HAS_KEY, _TRUNCATED, _USAGE_MISSING, _SCHEMA_CHECKED, _SCHEMA_OK, _SCHEMA_SKIPPED = (1 << i for i in range(6))
