@@ -104,7 +104,7 @@ def build_data_plane(config: Config, feed: OutcomeFeed, clock: Clock,
         sinks.append(extra_sink)
     forwarder = Forwarder(
         settings.proxy_settings(config), router, trusted, FanOutSink(*sinks),
-        inspection=config.inspection_settings(), now=clock.monotonic,
+        inspection=config.inspection_settings(), now=clock.monotonic, wall=clock.wall,
     )
     return DataPlane(splitter, router, forwarder, totals)
 

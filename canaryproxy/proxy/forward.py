@@ -115,6 +115,7 @@ class Forwarder:
         sink: OutcomeSink,
         inspection: Any | None = None,
         now: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -123,6 +124,7 @@ class Forwarder:
         self.inspection = inspection  # canaryproxy.inspection settings, or None for no inspection
         self.access_log = AccessLog() if settings.access_log else None
         self._now = now
+        self._wall = wall  # wall-clock seconds: when a request was routed, as other hosts read it
         self._upstream_base = {role: url.rstrip("/") for role, url in settings.upstreams.items()}
         self._sessions: dict[Role, aiohttp.ClientSession] = {}
         self.draining = False
@@ -210,7 +212,7 @@ class Forwarder:
             key_hash=hash64,
             request_id=request_id,
             method=request.method,
-            routed_at=time.time(),
+            routed_at=self._wall(),
         )
         self.in_flight += 1
         try:

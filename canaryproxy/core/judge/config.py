@@ -1,0 +1,151 @@
+"""The judge's settings: which tests run, each one's share α of the false-rollback budget and its
+tolerance r₀, and the settings every test shares. Validated once, when built.
+
+The α split (Bonferroni, valid under continuous monitoring) of the default 1% family budget:
+
+    errors 0.6%   latency 0.2%   latency_tail 0.04%   guardrail 0.06%   schema 0.02%
+    tokens 0.05%   truncation 0.01%   output_length 0.01%   cost 0.005%   log_latency 0.005%
+
+The tests with goals keep most of it; the threshold is log(1/α), so every halving of a test's α
+costs only log 2 ≈ 0.7 nats of evidence. Truncation is inside `errors` already (a truncated body
+is a failed request), length and cost move with tokens, and mean log latency overlaps the
+exceedance test: they are cross-checks and get little; tokens fire at the burn-in for a large
+change even at 0.05%. `latency_tail` gets a small α: a tail regression is large when it is there
+at all. A disabled test's share is simply not spent; `JudgeConfig.family_alpha` is the sum over
+the enabled tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# × r0: the smallest alternative ratio of an event test; smaller ratios take longer than a
+# rollout to show at a few percent of the traffic, so they are not worth prior mass.
+SMALLEST_ALTERNATIVE = 1.4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TestConfig:
+    """One test: whether it runs, its share α of the false-rollback budget, its tolerance r₀.
+
+    r₀ = 1.2 means "a canary up to 1.2× stable's event rate (or mean) is acceptable".
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    alpha: float
+    enabled: bool = True
+    r0: float = 1.0
+
+
+EVENT_TESTS: Mapping[str, str] = MappingProxyType(
+    {
+        "errors": "failed requests",
+        "latency": "slow requests",
+        "latency_tail": "very slow requests",
+        "guardrail": "guardrail interventions",
+        "schema": "schema failures",
+        "truncation": "truncated responses",
+    }
+)
+AMOUNT_TESTS: Mapping[str, str] = MappingProxyType(
+    {
+        "tokens": "tokens per request",
+        "output_length": "output length",
+        "cost": "cost per request",
+        "log_latency": "latency",
+    }
+)
+# The tests a cold start fails, which skip the requests routed during a warm-up.
+WARM_UP_TESTS = frozenset({"latency", "latency_tail", "log_latency"})
+# The event tests that wait for stable's latency quantiles (p95, p99: set_latency_thresholds).
+LATENCY_EVENT_TESTS = ("latency", "latency_tail")
+DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
+    {
+        "errors": TestConfig(alpha=0.006),
+        "latency": TestConfig(alpha=0.002),
+        "latency_tail": TestConfig(alpha=0.0004),
+        "guardrail": TestConfig(alpha=0.0006),
+        "schema": TestConfig(alpha=0.0002),
+        "truncation": TestConfig(alpha=0.0001),
+        "tokens": TestConfig(alpha=0.0005),
+        "output_length": TestConfig(alpha=0.0001),
+        "cost": TestConfig(alpha=0.00005),
+        "log_latency": TestConfig(alpha=0.00005),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JudgeConfig:
+    """Settings of the judge. Tests not named in `tests` keep their defaults (`DEFAULT_TESTS`)."""
+
+    tests: Mapping[str, TestConfig] = field(default_factory=lambda: DEFAULT_TESTS)
+    alternatives: int = 16  # J: alternative ratios in each event-test mixture
+    max_ratio: float = 40.0  # the largest alternative ratio
+    max_events_per_key: int = 3
+    max_samples_per_key: int = 1
+    key_memory: int = 50_000  # keys per generation of a per-key count (two generations kept)
+    burn_in: int = 100  # samples per version in a stratum before an amount test may fire
+    warmup_seconds: float = 20.0  # after each weight increase, the latency tests skip this long
+    # ...and the other event tests accept a canary up to this many times worse (× r0) meanwhile.
+    warmup_tolerance: float = 2.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.tests) - set(DEFAULT_TESTS))
+        if unknown:
+            raise ValueError(
+                f"judge.tests: unknown test {', '.join(map(repr, unknown))}; "
+                f"known tests: {', '.join(DEFAULT_TESTS)}"
+            )
+        merged = {name: self.tests.get(name, default) for name, default in DEFAULT_TESTS.items()}
+        object.__setattr__(self, "tests", MappingProxyType(merged))
+        problems = self._test_problems() + self._setting_problems()
+        if problems:
+            raise ValueError("invalid judge config: " + "; ".join(problems))
+
+    @property
+    def family_alpha(self) -> float:
+        """The chance of any false rollback: the sum of the enabled tests' α (Bonferroni)."""
+        return math.fsum(test.alpha for test in self.tests.values() if test.enabled)
+
+    def enabled(self, kind: Mapping[str, str]) -> tuple[str, ...]:
+        """The enabled tests of one kind (`EVENT_TESTS` or `AMOUNT_TESTS`), in config order."""
+        return tuple(name for name, test in self.tests.items() if test.enabled and name in kind)
+
+    def _test_problems(self) -> list[str]:
+        problems = []
+        for name, test in self.tests.items():
+            if not 0.0 < test.alpha < 1.0:
+                problems.append(f"tests.{name}.alpha must be between 0 and 1, got {test.alpha!r}")
+            if not 0.0 < test.r0 < math.inf:
+                problems.append(f"tests.{name}.r0 must be a positive number, got {test.r0!r}")
+            elif name in EVENT_TESTS and SMALLEST_ALTERNATIVE * test.r0 >= self.max_ratio:
+                problems.append(
+                    f"tests.{name}.r0 must be below max_ratio / {SMALLEST_ALTERNATIVE:g} = "
+                    f"{self.max_ratio / SMALLEST_ALTERNATIVE:.3g} (alternatives run from "
+                    f"{SMALLEST_ALTERNATIVE:g} × r0 to max_ratio), got {test.r0!r}"
+                )
+        if not self.family_alpha < 1.0:
+            problems.append(f"the enabled tests' alphas sum to {self.family_alpha:.3g}; must be below 1")
+        return problems
+
+    def _setting_problems(self) -> list[str]:
+        problems = []
+        for name in ("alternatives", "max_events_per_key", "max_samples_per_key", "key_memory"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if not 1.0 <= self.warmup_tolerance < math.inf:
+            problems.append(f"warmup_tolerance must be a ratio >= 1, got {self.warmup_tolerance!r}")
+        if not 0.0 <= self.warmup_seconds < math.inf:
+            problems.append(
+                f"warmup_seconds must be a finite number of seconds >= 0, got {self.warmup_seconds!r}"
+            )
+        if self.burn_in < 100:
+            problems.append(
+                f"burn_in must be at least 100 (the normal approximation needs it), got {self.burn_in!r}"
+            )
+        return problems

@@ -1,0 +1,278 @@
+"""The `Judge`: one intake, and the evidence of every enabled test, joined.
+
+The intake (intake.py) turns requests into closed blocks and amount samples; the evidence
+(events.py, amounts.py) folds them. The judge is the intake's sink: it folds what the intake
+emits and, when a test's evidence crosses 1/α, records the FAIL with what the intake had counted
+at that moment. It answers the controller: `verdicts`, `no_worse`, `summary`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from canaryproxy.core.judge import state as saved
+from canaryproxy.core.judge.amounts import AmountEvidence, amount_verdict
+from canaryproxy.core.judge.config import AMOUNT_TESTS, EVENT_TESTS, JudgeConfig
+from canaryproxy.core.judge.events import EventEvidence, event_verdict
+from canaryproxy.core.judge.intake import AMOUNT_KINDS, Amounts, Block, Intake
+from canaryproxy.core.types import Observed, Status, Verdict
+
+STATE_FORMAT = 1
+
+
+class Judge:
+    """Runs every enabled test on every request; says which have found the canary worse.
+
+    Lives on the event loop: `observe` is O(1) per request and O(J) per closed block with events,
+    never raises on a well-formed request, and is not thread-safe.
+
+    Verdicts are PASS or FAIL, never INCONCLUSIVE: "too little data" belongs to the operator
+    rules. FAIL is sticky until `reset()` and reports the evidence at the moment it crossed,
+    including `observed`: the requests of each version the judge had taken in by then.
+
+    **Saving and restoring.** `state()` is the evidence of every test (log L_j, the event counts
+    per canary share, the confidence sequence's index, the amount strata, σ², ρ, the FAILs) and
+    the intake's small state (the highest weight and the warm-up, the latency thresholds, the
+    counts, each open block), as JSON-safe data. It leaves out the per-key caps' memory (up to
+    2 × `key_memory` keys per test, megabytes): a new leader restores the evidence and rebuilds
+    the caps from the records its outcome feed still retains (`prime_key_caps`) — never resets
+    them, which would let a key already at its cap add events again, and never counts a record
+    twice: the records the state already covers go to `prime_key_caps`, only the later ones to
+    `observe`. A key whose records the feed no longer holds may count again, as a key unseen
+    for two generations of the caps does in one process.
+    """
+
+    __slots__ = ("config", "_intake", "_events", "_amounts", "_sampled")
+
+    def __init__(self, config: JudgeConfig | None = None) -> None:
+        self.config = config if config is not None else JudgeConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything, FAILs, caps and the latency thresholds included: a new rollout."""
+        config = self.config
+        self._events = {name: EventEvidence(name, config.tests[name], config) for name in config.enabled(EVENT_TESTS)}
+        self._amounts = {
+            name: AmountEvidence(name, config.tests[name], config) for name in config.enabled(AMOUNT_TESTS)
+        }
+        self._sampled = tuple((AMOUNT_KINDS.index(name), evidence) for name, evidence in self._amounts.items())
+        self._intake = Intake(config, self)
+
+    @classmethod
+    def from_state(cls, config: JudgeConfig, state: Mapping[str, object]) -> Judge:
+        """A judge with `config` that continues from `state` (see `restore`)."""
+        judge = cls(config)
+        judge.restore(state)
+        return judge
+
+    # --- intake -------------------------------------------------------------------------------
+
+    @property
+    def latency_thresholds(self) -> tuple[float, float] | None:
+        """(slow, very slow) in seconds: the `latency` and `latency_tail` events; None until set."""
+        return self._intake.latency_thresholds
+
+    def set_latency_thresholds(self, p95: float, p99: float) -> None:
+        """Count a request slower than `p95` as a `latency` event and one slower than `p99` as a
+        `latency_tail` event from now on.
+
+        Take stable's quantiles from before the canary got traffic, or from stable's window at a
+        stage start; never from the data being tested.
+        """
+        self._intake.set_latency_thresholds(p95, p99)
+
+    def observe(self, outcome: Observed) -> None:
+        """Take one finished request (an `Outcome` or a decoded `Observation`) into every test.
+
+        ValueError for a shadow request: nothing may count it as stable.
+        """
+        self._intake.observe(outcome)
+
+    def prime_key_caps(self, observations: Iterable[Observed]) -> int:
+        """Run records through the intake's per-key caps only — no evidence, no counts — so that
+        a restored judge's caps hold what its predecessor's held: with the records the state
+        already covers, oldest first. Returns how many were taken in.
+
+        Call it after `restore`: the restored latency thresholds decide which records were latency
+        events (primed before, the latency tests' caps are not rebuilt; the others are).
+        """
+        return self._intake.prime_key_caps(observations)
+
+    # --- evidence: the intake's sink ----------------------------------------------------------
+
+    def fold_block(self, block: Block) -> None:
+        """Fold a closed block into its event test's evidence (called by the intake)."""
+        name = block.test
+        evidence = self._events[name]
+        crossed = evidence.fold(block)
+        if crossed is not None:
+            intake = self._intake
+            evidence.reject(event_verdict(evidence, intake.label(name), intake.seen(name), intake.observed(), crossed))
+
+    def fold_samples(self, side: int, w: float, samples: Amounts) -> None:
+        """Fold one request's amount samples into the enabled tests' evidence (called by the
+        intake; `samples` per test of `AMOUNT_KINDS`, None: no sample)."""
+        for position, evidence in self._sampled:
+            y = samples[position]
+            if y is not None:
+                crossed = evidence.add(side, w, y)
+                if crossed is not None:
+                    evidence.reject(amount_verdict(evidence, self._intake.observed(), crossed))
+
+    # --- verdicts -----------------------------------------------------------------------------
+
+    def verdicts(self) -> list[Verdict]:
+        """One verdict per enabled test: FAIL once rejected (until `reset`), else PASS.
+
+        The event tests' open blocks are closed first, so the verdicts cover every request observed
+        (at low traffic, a block is then at most one evaluation long).
+        """
+        self._intake.close_blocks()
+        verdicts = [evidence.rejection or self._event_verdict(name) for name, evidence in self._events.items()]
+        for evidence in self._amounts.values():
+            verdicts.append(evidence.rejection or amount_verdict(evidence, self._intake.observed(), evidence.log_e()))
+        return verdicts
+
+    def _event_verdict(self, name: str) -> Verdict:
+        """An event test's verdict now (its FAIL, once rejected, is `rejection`)."""
+        intake = self._intake
+        if not intake.active(name):
+            reason = f"judge: {intake.label(name)} test inactive until latency thresholds are set"
+            return Verdict(source=f"judge:{name}", status=Status.PASS, reason=reason)
+        evidence = self._events[name]
+        return event_verdict(evidence, intake.label(name), intake.seen(name), intake.observed(), evidence.log_e())
+
+    def no_worse(self, tolerance: float) -> bool:
+        """True when every enabled event test shows, anytime-valid, a ratio below `tolerance`.
+
+        The confidence bound is strict (true ratio < bound), so a bound equal to the tolerance
+        suffices. False while any test has failed or a latency test is inactive. Early promotion
+        on this is off by default in the product.
+        """
+        if not 0.0 < tolerance < math.inf:
+            raise ValueError(f"no_worse tolerance must be a positive ratio, got {tolerance!r}")
+        self._intake.close_blocks()
+        evidences: list[EventEvidence | AmountEvidence] = [*self._events.values(), *self._amounts.values()]
+        if any(evidence.rejection is not None for evidence in evidences):
+            return False
+        for name, evidence in self._events.items():
+            bound = evidence.ratio_upper_bound() if self._intake.active(name) else None
+            if bound is None or bound > tolerance:
+                return False
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """Everything the judge knows, JSON-safe, for the admin API.
+
+        Per test: the verdict (the evidence at the crossing once FAIL), the numbers now, and for
+        event tests the confidence bound on the rate ratio.
+        """
+        self._intake.close_blocks()
+        tests: dict[str, Any] = {}
+        for name, evidence in self._events.items():
+            active = self._intake.active(name)
+            tests[name] = {
+                **_test_summary(evidence.rejection, self._event_verdict(name)),
+                "active": active,
+                "ratio_upper_bound": evidence.ratio_upper_bound() if active else None,
+            }
+        for name, amount in self._amounts.items():
+            current = amount_verdict(amount, self._intake.observed(), amount.log_e())
+            tests[name] = _test_summary(amount.rejection, current)
+        config = self.config
+        thresholds = self._intake.latency_thresholds
+        return {
+            "family_alpha": config.family_alpha,
+            "latency_thresholds": None if thresholds is None else dict(zip(("p95", "p99"), thresholds)),
+            "max_events_per_key": config.max_events_per_key,
+            "max_samples_per_key": config.max_samples_per_key,
+            "burn_in": config.burn_in,
+            "warmup_seconds": config.warmup_seconds,
+            "warmup_tolerance": config.warmup_tolerance,
+            "disabled": [name for name, test in config.tests.items() if not test.enabled],
+            "tests": tests,
+        }
+
+    # --- saving -------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        """The evidence and the intake's small state, JSON-safe; not the key caps' memory.
+
+        Reading it changes nothing: open blocks are saved open.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "config": _config_state(self.config),
+            "intake": self._intake.state(),
+            "events": {name: evidence.state() for name, evidence in self._events.items()},
+            "amounts": {name: evidence.state() for name, evidence in self._amounts.items()},
+        }
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        """Continue from `state` (what `state()` wrote, through JSON or not): the evidence and the
+        intake's small state are replaced, the key caps stay as they are (`prime_key_caps`).
+
+        ValueError, naming the field, when the state was saved under another config (tests,
+        α, r₀, alternatives, ...) or is not a judge state; the judge is then unchanged.
+        """
+        fields = saved.mapping(state, "state", ("format", "config", "intake", "events", "amounts"))
+        if fields["format"] != STATE_FORMAT:
+            raise saved.fail("format", f"expected {STATE_FORMAT}, got {fields['format']!r}")
+        _check_config(fields["config"], _config_state(self.config))
+        events = saved.mapping(fields["events"], "events", tuple(self._events))
+        amounts = saved.mapping(fields["amounts"], "amounts", tuple(self._amounts))
+        commits = [self._intake.restoring(fields["intake"], "intake")]
+        commits += [evidence.restoring(events[name], f"events.{name}") for name, evidence in self._events.items()]
+        commits += [evidence.restoring(amounts[name], f"amounts.{name}") for name, evidence in self._amounts.items()]
+        for commit in commits:
+            commit()
+
+
+def _test_summary(rejection: Verdict | None, current: Verdict) -> dict[str, Any]:
+    verdict = rejection or current
+    return {
+        "status": str(verdict.status),
+        "reason": verdict.reason,
+        "evidence": dict(verdict.details),
+        "now": dict(current.details),
+    }
+
+
+def _config_state(config: JudgeConfig) -> dict[str, object]:
+    """What a state is only valid under: every setting that shapes the evidence or the intake."""
+    enabled = {name: test for name, test in config.tests.items() if test.enabled}
+    return {
+        "tests": {name: {"alpha": test.alpha, "r0": test.r0} for name, test in enabled.items()},
+        **{
+            name: getattr(config, name)
+            for name in ("alternatives", "max_ratio", "max_events_per_key", "max_samples_per_key",
+                         "key_memory", "burn_in", "warmup_seconds", "warmup_tolerance")
+        },
+    }
+
+
+def _check_config(value: object, expected: dict[str, object]) -> None:
+    found = saved.mapping(value, "config", tuple(expected))
+    tests = saved.mapping(found["tests"], "config.tests")
+    expected_tests = expected["tests"]
+    assert isinstance(expected_tests, dict)
+    unknown, missing = sorted(set(tests) - set(expected_tests)), sorted(set(expected_tests) - set(tests))
+    if unknown or missing:
+        parts = [f"test {name!r} is not enabled in this config" for name in unknown]
+        parts += [f"enabled test {name!r} is not in the state" for name in missing]
+        raise saved.fail("config.tests", "; ".join(parts))
+    differences = [
+        f"tests.{name}.{setting} is {tests_value!r} in the state, {setting_value!r} in the config"
+        for name, settings in expected_tests.items()
+        for setting, setting_value in settings.items()
+        if (tests_value := saved.mapping(tests[name], f"config.tests.{name}").get(setting)) != setting_value
+    ]
+    differences += [
+        f"{name} is {found[name]!r} in the state, {setting!r} in the config"
+        for name, setting in expected.items()
+        if name != "tests" and found[name] != setting
+    ]
+    if differences:
+        raise saved.fail("config", "saved under another config: " + "; ".join(differences))
