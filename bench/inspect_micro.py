@@ -3,18 +3,19 @@
     .venv/bin/python bench/inspect_micro.py [--repeat 25] [--quick]
 
 Times the calls the data plane makes (`read_request`, `inspector_for`, `feed` per upstream chunk,
-`finish`) on the benchmark's own payloads (`payloads.py`):
+`finish`, and `apply` of the Inspection to the Outcome) on the benchmark's own payloads
+(`payloads.py`):
 
 * sse          the 50-event chat stream, one event per chunk, usage asked for by the client (the
-               workload of `proxy_overhead.py`): inspector_for + 50 feeds + finish;
+               workload of `proxy_overhead.py`): inspector_for + 50 feeds + finish + apply;
 * sse-injected the same stream when the proxy injected include_usage and must cut the usage event
                out (the default for clients that do not ask for usage);
 * sse-obfuscated, sse-escaped  the same stream with OpenAI's per-event `obfuscation` padding, and
                with content that needs JSON escapes (newlines, quotes: markdown answers);
 * sse-5, sse-obfuscated-5  the first two with 5 events per chunk, as reads come under load (the
                upstream writes faster than the proxy reads): µs/chunk is then per 5 events;
-* json         read_request + inspector_for + feed + finish of the 579-byte chat.completion;
-* generic      a non-LLM path: inspector_for (the pass-through) + 50 feeds + finish;
+* json         read_request + inspector_for + feed + finish + apply of the 579-byte chat.completion;
+* generic      a non-LLM path: inspector_for (the pass-through) + 50 feeds + finish + apply;
 * ttft added   how long `feed` holds the first-content chunk (role chunk fed before, untimed).
 
 The machine may be busy: every figure is the best of `--repeat` runs (each long enough to be
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import payloads  # noqa: E402
 
 from canaryproxy.core.types import Role, Outcome  # noqa: E402
-from canaryproxy.inspection import InspectionSettings, inspector_for, read_request  # noqa: E402
+from canaryproxy.inspection import Inspection, InspectionSettings, apply, inspector_for, read_request  # noqa: E402
 
 SETTINGS = InspectionSettings()
 SSE_HEADERS = CIMultiDict({"Content-Type": "text/event-stream"})
@@ -85,14 +86,18 @@ def stream_run(path: str, request: bytes, events: Sequence[bytes], headers: CIMu
     _, facts = read_request(path, request, SETTINGS)
     content_type = headers.get("Content-Type", "")
     # The data plane creates the Outcome with or without inspection: one, filled again each run.
+    # The Inspection exists only for inspected requests: one per run.
     outcome = Outcome(role=Role.CANARY, started=0.0)
 
     def run() -> None:
-        inspector = inspector_for(facts, 200, content_type, headers, outcome, SETTINGS, NOW)
+        inspection = Inspection()
+        inspector = inspector_for(facts, 200, content_type, headers, inspection, SETTINGS,
+                                  role=Role.CANARY, started=0.0, now=NOW)
         feed = inspector.feed
         for event in events:
             feed(event)
         inspector.finish(True)
+        apply(outcome, inspection, False)
 
     return run
 
@@ -103,9 +108,12 @@ def json_run() -> Callable[[], None]:
 
     def run() -> None:
         _, facts = read_request(payloads.PATH, payloads.JSON_REQUEST_BODY, SETTINGS)
-        inspector = inspector_for(facts, 200, "application/json", JSON_HEADERS, outcome, SETTINGS, NOW)
+        inspection = Inspection()
+        inspector = inspector_for(facts, 200, "application/json", JSON_HEADERS, inspection, SETTINGS,
+                                  role=Role.CANARY, started=0.0, now=NOW)
         inspector.feed(body)
         inspector.finish(True)
+        apply(outcome, inspection, False)
 
     return run
 
@@ -125,8 +133,8 @@ def ttft_added(events: Sequence[bytes], samples: int) -> tuple[float, float]:
     role, first_content = events[0], events[1]
     durations = []
     for _ in range(samples):
-        outcome = Outcome(role=Role.CANARY, started=0.0)
-        inspector = inspector_for(facts, 200, "text/event-stream", SSE_HEADERS, outcome, SETTINGS, NOW)
+        inspector = inspector_for(facts, 200, "text/event-stream", SSE_HEADERS, Inspection(), SETTINGS,
+                                  role=Role.CANARY, started=0.0, now=NOW)
         inspector.feed(role)
         started = time.perf_counter()
         inspector.feed(first_content)

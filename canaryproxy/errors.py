@@ -8,16 +8,20 @@
     │   ├── Fenced                 a write carried a fencing token older than the current leader's
     │   └── NotDurable             a single-process store took the state but could not persist it
     ├── CommandRejected        an operator command does not apply in the current phase (admin API: 409)
-    └── UpstreamError          an upstream could not give a usable response (data plane: 502/504)
-        ├── UpstreamConnectError       refused, unreachable, or no pool slot in time
-        ├── UpstreamTimeout            connect, first-byte or idle-between-chunks deadline passed
-        └── UpstreamProtocolError      unparsable status line, headers or framing; reset mid-response
+    └── UpstreamError          an upstream could not give a usable response (data plane: 502/504,
+                               or an aborted client connection once the response has started);
+                               `kind` (an ErrorKind) says how: refused, a timeout, a reset, garbage
 
 Every error carries a message written for the operator who reads it: what went wrong, where, and
 (when we know) what to do.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotation: core.stages imports this module
+    from canaryproxy.core.types import ErrorKind
 
 
 class CanaryProxyError(Exception):
@@ -68,16 +72,13 @@ class CommandRejected(CanaryProxyError):
 
 
 class UpstreamError(CanaryProxyError):
-    """An upstream could not give a usable response."""
+    """An upstream could not give a usable response.
 
+    One class, not one per cause: every caller branches on `kind` (the bounded label the outcome
+    records and the status the client gets follow from it), never on the exception type.
+    """
 
-class UpstreamConnectError(UpstreamError):
-    pass
-
-
-class UpstreamTimeout(UpstreamError):
-    pass
-
-
-class UpstreamProtocolError(UpstreamError):
-    pass
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message

@@ -1,10 +1,10 @@
 """The vocabulary every layer shares: roles, outcomes of requests, feedback, verdicts of rules.
 
 `Outcome` is the one record of a finished (or failed) request. The data plane creates it when it
-routes a request, the inspectors fill in what they read from the response, and when the request
-ends it is handed to an `OutcomeSink` (the exporter, and through the outcome feed the windows and
-the judge). It is a mutable slotted dataclass because it is filled in step by step on the hot
-path. `Observed` is what every reader of an outcome relies on, so a decoded `Observation`
+routes a request and fills in what the transport saw; what the inspectors read from the response is
+written into it once, when the request ends (`inspection.apply`); then it is handed to an
+`OutcomeSink` (the exporter, and through the outcome feed the windows and the judge). It is a
+mutable slotted dataclass because it is filled in step by step on the hot path. `Observed` is what every reader of an outcome relies on, so a decoded `Observation`
 (core/observation.py) from another process reads the same.
 
 `Feedback` is a signal that is not an Outcome: it arrives after the response, from the client or
@@ -161,7 +161,7 @@ class Outcome(Observed):
     error: ErrorKind | None = None
     truncated: bool = False  # the response body ended before it was complete
 
-    # Filled by the inspectors (LLM responses).
+    # What the inspection found (LLM responses), written once by `inspection.apply`.
     stream: bool = False
     model: str | None = None
     ttft: float | None = None  # received -> first content token (not first byte)

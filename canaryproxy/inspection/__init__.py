@@ -3,13 +3,16 @@
 The data plane reads the request body of an LLM call with `read_request` (which may ask the
 upstream for usage), then for the response creates an inspector with `inspector_for` and passes it
 every body chunk (`feed`, which returns the bytes to forward now) and the end (`finish`). The
-inspector fills the request's `Outcome`: tokens, output length, time to first token, finish
-reason, schema validity, guardrail interventions, cost, truncation. It never raises and never
-changes a byte, except that it removes the usage chunk the proxy asked for and the client did not.
+inspector fills an `Inspection`: tokens, output length, time to first token, finish reason, schema
+validity, guardrail interventions, cost, whether the protocol ended early. The data plane writes
+it into the request's `Outcome` with `apply`, once, when the request ends. An inspector never
+raises and never changes a byte, except that it removes the usage chunk the proxy asked for and
+the client did not.
 
     read_request ──► RequestFacts ──► inspector_for ──► StreamInspector (text/event-stream)
                                                     ├─► BodyInspector   (application/json)
                                                     └─► PassThrough     (anything else)
+    each fills an Inspection ──► apply(outcome, inspection, cut_short), once per request
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from canaryproxy.core.types import Outcome
+from canaryproxy.core.types import Role
 from canaryproxy.inspection import anthropic, openai
 from canaryproxy.inspection.body import BodyInspector, BodyReader
 from canaryproxy.inspection.findings import Findings
@@ -33,11 +36,13 @@ from canaryproxy.inspection.request import (
     api_for_path,
     read_request,
 )
+from canaryproxy.inspection.result import Inspection, apply
 from canaryproxy.inspection.settings import HeaderRule, InspectionSettings, Price, PriceTable, TextRule
 from canaryproxy.inspection.stream import EventReader, StreamInspector
 
 __all__ = [
     "HeaderRule",
+    "Inspection",
     "Inspector",
     "InspectionSettings",
     "PassThrough",
@@ -46,6 +51,7 @@ __all__ = [
     "RequestFacts",
     "TextRule",
     "api_for_path",
+    "apply",
     "inspector_for",
     "read_request",
 ]
@@ -81,32 +87,37 @@ def inspector_for(
     status: int,
     content_type: str,
     response_headers: Mapping[str, str],
-    outcome: Outcome,
+    inspection: Inspection,
     settings: InspectionSettings,
+    *,
+    role: Role,
+    started: float,
     now: Callable[[], float],
 ) -> Inspector:
-    """The inspector for one response, chosen by API and content type.
+    """The inspector for one response, chosen by API and content type; it fills `inspection`.
 
     Records at once what the status and headers say (guardrail rules, the route, the model asked
     for). `response_headers` must look names up case-insensitively, as aiohttp's headers do.
-    `now()` is monotonic seconds on the clock of `outcome.started`.
+    `started` is when the request arrived and `now()` reads the same monotonic clock: the time to
+    first token is measured between them. `role` picks the fallback price.
     """
-    outcome.route = facts.api
-    outcome.model = facts.model
-    record_response_head(outcome, status, response_headers, settings)
+    inspection.route = facts.api
+    inspection.model = facts.model
+    record_response_head(inspection, status, response_headers, settings)
     if not facts.api or response_headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
         return PASS_THROUGH  # not an API we read, or compressed bytes we cannot read without inflating
     media_type = content_type.partition(";")[0].strip().lower()
     successful = 200 <= status < 300
     if media_type == "text/event-stream":
-        outcome.stream = True
+        inspection.stream = True
         read_event = _STREAM_READERS.get(facts.api)
         if not successful or read_event is None:
             return PASS_THROUGH
         drop = openai.is_usage_only_chunk if facts.usage_injected and facts.api in (CHAT, COMPLETIONS) else None
-        return StreamInspector(read_event, _findings(facts, settings, outcome, now), facts, settings, drop)
+        found = _findings(facts, settings, inspection, role, started, now)
+        return StreamInspector(read_event, found, facts, settings, drop)
     if media_type == "application/json" or media_type.endswith("+json"):
-        found = _findings(facts, settings, outcome, None)
+        found = _findings(facts, settings, inspection, role, started, None)
         if not successful:
             return BodyInspector(openai.error_body, found, facts, settings, record=False)
         return BodyInspector(
@@ -116,11 +127,18 @@ def inspector_for(
 
 
 def _findings(
-    facts: RequestFacts, settings: InspectionSettings, outcome: Outcome, now: Callable[[], float] | None
+    facts: RequestFacts,
+    settings: InspectionSettings,
+    inspection: Inspection,
+    role: Role,
+    started: float,
+    now: Callable[[], float] | None,
 ) -> Findings:
     return Findings(
-        outcome,
+        inspection,
         now,
+        started=started,
+        role=role,
         keep_text=facts.output_schema is not None or facts.json_object or bool(settings.text_rules),
         keep_tool_arguments=bool(facts.tool_schemas),
         cap=settings.max_schema_bytes,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from canaryproxy.inspection import jsonbytes
-from canaryproxy.inspection.findings import Findings, record_outcome
+from canaryproxy.inspection.findings import Findings, record
 from canaryproxy.inspection.request import RequestFacts
 from canaryproxy.inspection.settings import InspectionSettings
 
@@ -61,8 +61,8 @@ class BodyInspector:
                 raise ValueError("the response body is not a JSON object")
             self._read_body(body, found)
             if self._record:
-                record_outcome(found, self._facts, self._settings, produces_text=self._produces_text)
+                record(found, self._facts, self._settings, produces_text=self._produces_text)
         except Exception:  # noqa: BLE001 - a response must never break on what we failed to read
-            found.outcome.inspect_error = True
+            found.inspection.inspect_error = True
         self._pieces = None
         return b""

@@ -1,7 +1,8 @@
-"""What an inspector read from one response, and how that becomes the request's `Outcome`.
+"""What an inspector read from one response, and how that becomes its `Inspection`.
 
 The protocol readers (openai.py, anthropic.py) call the `Findings` methods for what they see; the
-inspectors (stream.py, body.py) call `record_outcome` once at the end.
+inspectors (stream.py, body.py) call `record` once at the end, which writes the totals into the
+Inspection (guardrails go there as they are seen).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from canaryproxy.core.types import Outcome
+from canaryproxy.core.types import Role
 from canaryproxy.inspection.guardrails import REFUSAL, record_guardrail, record_text_rules
 from canaryproxy.inspection.pricing import cost_usd, price_for
 from canaryproxy.inspection.request import RequestFacts
+from canaryproxy.inspection.result import Inspection
 from canaryproxy.inspection.schema import json_output_ok
 from canaryproxy.inspection.settings import InspectionSettings
 
@@ -62,8 +64,10 @@ class Findings:
     """
 
     __slots__ = (
-        "outcome",
+        "inspection",
         "_now",
+        "started",
+        "role",
         "_keep_text",
         "_keep_tool_arguments",
         "_cap",
@@ -85,16 +89,21 @@ class Findings:
 
     def __init__(
         self,
-        outcome: Outcome,
+        inspection: Inspection,
         now: Callable[[], float] | None,
         *,
+        started: float,
+        role: Role,
         keep_text: bool,
         keep_tool_arguments: bool,
         cap: int,
     ) -> None:
-        """`now` is None for a whole body: output that arrives all at once has no first-token time."""
-        self.outcome = outcome
+        """`now` is None for a whole body: output that arrives all at once has no first-token time.
+        `started` is when the request arrived, on the clock of `now`; `role` picks the fallback price."""
+        self.inspection = inspection
         self._now = now
+        self.started = started
+        self.role = role
         self._keep_text = keep_text
         self._keep_tool_arguments = keep_tool_arguments
         self._cap = cap
@@ -141,11 +150,11 @@ class Findings:
         """A refusal message: a guardrail, and the first output the client sees."""
         if isinstance(text, str) and text:
             self.refused = True
-            record_guardrail(self.outcome, REFUSAL)
+            record_guardrail(self.inspection, REFUSAL)
             self._output_started()
 
     def guardrail(self, source: str) -> None:
-        record_guardrail(self.outcome, source)
+        record_guardrail(self.inspection, source)
 
     def set_model(self, model: Any) -> None:
         if isinstance(model, str) and model:
@@ -188,7 +197,7 @@ def _count(value: Any) -> int | None:
     return None
 
 
-def record_outcome(
+def record(
     found: Findings,
     facts: RequestFacts,
     settings: InspectionSettings,
@@ -196,38 +205,39 @@ def record_outcome(
     produces_text: bool = True,
     checks: bool = True,
 ) -> None:
-    """Write what was found into the outcome.
+    """Write what was found into the inspection.
 
     `produces_text` is False for embeddings: no output length, no estimate. `checks` is False for a
     truncated stream: its output is not the model's answer, and the truncation already counts.
     """
-    outcome = found.outcome
-    outcome.model = found.model or facts.model
-    outcome.finish_reason = found.finish_reason
+    inspection = found.inspection
+    inspection.model = found.model or facts.model
+    inspection.finish_reason = found.finish_reason
     if found.first_output_at is not None:
-        outcome.ttft = found.first_output_at - outcome.started
-    outcome.prompt_tokens = found.prompt_tokens
-    outcome.reasoning_tokens = found.reasoning_tokens
+        # Taken when the chunk with the first output arrived; only the subtraction happens now.
+        inspection.ttft = found.first_output_at - found.started
+    inspection.prompt_tokens = found.prompt_tokens
+    inspection.reasoning_tokens = found.reasoning_tokens
     if produces_text:
-        outcome.output_chars = found.output_chars
+        inspection.output_chars = found.output_chars
         usage_reported = found.completion_tokens is not None
     else:
         usage_reported = found.prompt_tokens is not None
     if usage_reported:
-        outcome.completion_tokens = found.completion_tokens
-        price = price_for(settings.prices, found.model, facts.model, outcome.role)
+        inspection.completion_tokens = found.completion_tokens
+        price = price_for(settings.prices, found.model, facts.model, found.role)
         if price is not None:
-            outcome.cost_usd = cost_usd(price, found.prompt_tokens, found.completion_tokens)
+            inspection.cost_usd = cost_usd(price, found.prompt_tokens, found.completion_tokens)
     else:
         # No usage block: estimate from length (about four characters a token) and say so. No
         # cost either: without the prompt count it would be mostly invented.
-        outcome.usage_missing = True
+        inspection.usage_missing = True
         if produces_text:
-            outcome.completion_tokens = -(-found.output_chars // 4)
+            inspection.completion_tokens = -(-found.output_chars // 4)
     if checks:
-        outcome.schema_ok, outcome.schema_skipped = _check_outputs(found, facts, settings.max_schema_bytes)
+        inspection.schema_ok, inspection.schema_skipped = _check_outputs(found, facts, settings.max_schema_bytes)
     if settings.text_rules and found.texts:
-        record_text_rules(outcome, "".join(sink.text() for sink in found.texts.values()), settings)
+        record_text_rules(inspection, "".join(sink.text() for sink in found.texts.values()), settings)
 
 
 def _check_outputs(found: Findings, facts: RequestFacts, max_bytes: int) -> tuple[bool | None, bool]:

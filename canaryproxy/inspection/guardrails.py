@@ -1,6 +1,7 @@
 """Recognising guardrail interventions: a filter, a refusal or a policy blocked or changed an answer.
 
-Each intervention is recorded as a source name in `Outcome.guardrails`, at most once per response.
+Each intervention is recorded as a source name in `Inspection.guardrails` (and so in the Outcome's),
+at most once per response.
 The names are bounded (they become metric labels): the fixed ones below, plus rule names and sources
 from the config.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from canaryproxy.core.types import Outcome
+from canaryproxy.inspection.result import Inspection
 from canaryproxy.inspection.settings import InspectionSettings
 
 CONTENT_FILTER = "content_filter"  # finish_reason "content_filter" (OpenAI, Azure)
@@ -18,22 +19,22 @@ AZURE_CONTENT_FILTER = "azure_content_filter"  # Azure content_filter_results wi
 REFUSAL = "refusal"  # Anthropic stop_reason "refusal"; an OpenAI refusal message
 
 
-def record_guardrail(outcome: Outcome, source: str) -> None:
-    if source not in outcome.guardrails:
-        outcome.guardrails += (source,)
+def record_guardrail(inspection: Inspection, source: str) -> None:
+    if source not in inspection.guardrails:
+        inspection.guardrails += (source,)
 
 
 def record_response_head(
-    outcome: Outcome, status: int, headers: Mapping[str, str], settings: InspectionSettings
+    inspection: Inspection, status: int, headers: Mapping[str, str], settings: InspectionSettings
 ) -> None:
     """Interventions the upstream announces in its status code or headers."""
     source = settings.status_rules.get(status)
     if source is not None:
-        record_guardrail(outcome, source)
+        record_guardrail(inspection, source)
     for rule in settings.header_rules:
         value = headers.get(rule.header)
         if value is not None and value.strip().lower() == rule.value.lower():
-            record_guardrail(outcome, rule.source)
+            record_guardrail(inspection, rule.source)
 
 
 def azure_filtered(results: Any) -> bool:
@@ -68,8 +69,8 @@ def azure_prompt_filtered(prompt_filter_results: Any) -> bool:
     )
 
 
-def record_text_rules(outcome: Outcome, text: str, settings: InspectionSettings) -> None:
+def record_text_rules(inspection: Inspection, text: str, settings: InspectionSettings) -> None:
     """Config rules whose regular expression occurs in the output text."""
     for rule in settings.text_rules:
         if rule.pattern.search(text) is not None:
-            record_guardrail(outcome, rule.name)
+            record_guardrail(inspection, rule.name)

@@ -58,14 +58,17 @@ def api_for_path(path: str) -> str:
     return ""
 
 
-def read_request(path: str, body: bytes, settings: InspectionSettings) -> tuple[bytes, RequestFacts]:
+def read_request(
+    path: str, body: bytes, settings: InspectionSettings, api: str | None = None
+) -> tuple[bytes, RequestFacts]:
     """The body to forward and the facts for the response's inspector.
 
     With `settings.inject_stream_usage`, a streaming chat or completions request that did not ask
     for usage gets `stream_options.include_usage = true`, so the upstream reports its token counts;
-    the stream inspector removes that extra chunk again before the client sees it.
+    the stream inspector removes that extra chunk again before the client sees it. `api` is
+    `api_for_path(path)` when the caller has already looked it up.
     """
-    facts = RequestFacts(api=api_for_path(path))
+    facts = RequestFacts(api=api_for_path(path) if api is None else api)
     if not facts.api:
         return body, facts
     try:

@@ -9,8 +9,9 @@ the documented chunk schema (clients that ask for usage get it too), and removin
 every chunk.
 
 A stream that ends without its protocol's proper end (`[DONE]` or a finish reason, a terminal
-responses event, `message_stop`), that reports an error in the stream, or whose body ended
-abnormally is truncated: a failure of the version that served it.
+responses event, `message_stop`) or that reports an error in the stream ended early
+(`Inspection.ended_early`); that, or a body the transport cut short, makes the response truncated:
+a failure of the version that served it.
 
 Anything the inspector cannot parse turns it into a pass-through for the rest of the response,
 with `inspect_error` set; bytes are never held or dropped after that.
@@ -35,7 +36,7 @@ from typing import Any
 
 from canaryproxy.inspection import jsonbytes
 from canaryproxy.inspection.fastpath import BODY_END, DeltaTemplate, Quick
-from canaryproxy.inspection.findings import Findings, record_outcome
+from canaryproxy.inspection.findings import Findings, record
 from canaryproxy.inspection.request import RequestFacts
 from canaryproxy.inspection.settings import InspectionSettings
 from canaryproxy.inspection.sse import SSEDecoder, SSEEvent
@@ -122,16 +123,13 @@ class StreamInspector:
             except Exception:  # noqa: BLE001
                 rest = self._give_up(b"")
         if self._passthrough:
-            if not complete:
-                found.outcome.truncated = True
-            return rest
-        truncated = not complete or not found.ended or found.broken
-        if truncated:
-            found.outcome.truncated = True
+            return rest  # nothing read since giving up: the protocol's verdict is unknown
+        inspection = found.inspection
+        inspection.ended_early = ended_early = not found.ended or found.broken
         try:
-            record_outcome(found, self._facts, self._settings, checks=not truncated)
+            record(found, self._facts, self._settings, checks=complete and not ended_early)
         except Exception:  # noqa: BLE001
-            found.outcome.inspect_error = True
+            inspection.inspect_error = True
         return rest
 
     def _feed_events(self, chunk: bytes, template: DeltaTemplate | None) -> bytes:
@@ -209,7 +207,7 @@ class StreamInspector:
         """Stop reading: forward everything held and all that comes, as it comes."""
         self._passthrough = True
         self._quick = None
-        self._found.outcome.inspect_error = True
+        self._found.inspection.inspect_error = True
         rest = self._held + chunk if self._held else chunk
         self._held = b""
         return rest

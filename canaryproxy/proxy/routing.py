@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from aiohttp import web
@@ -34,6 +35,15 @@ def key_source(spec: str, trusted: TrustedProxies) -> KeySource:
 _FORCED = {"stable": Role.STABLE, "canary": Role.CANARY}
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes, and what it was routed by: what the request's Outcome starts from."""
+
+    role: Role
+    key_hash: int | None  # the sticky key's 64-bit hash; None when no key was present
+    weight: float  # the canary weight in percent in force when the request was routed
+
+
 class Router:
     """Picks the role of each request: the override header if present, else the sticky split."""
 
@@ -50,18 +60,20 @@ class Router:
         self._sources = tuple(key_source(spec, trusted) for spec in sticky)
         self._override_header = override_header
 
-    def route(self, request: web.BaseRequest) -> tuple[Role, int | None]:
-        """The role, and the sticky key's hash (None when no key was present)."""
+    def route(self, request: web.BaseRequest) -> Route:
+        """The role that serves `request`, its sticky key's hash, and the weight it was split by."""
         hash64 = None
         for source in self._sources:
             key = source(request)
             if key:
                 hash64 = key_hash(key)
                 break
+        splitter = self.splitter
+        weight = splitter.weight
         if self._override_header is not None:
             forced = request.headers.get(self._override_header)
             if forced is not None:
                 role = _FORCED.get(forced.strip().lower())
                 if role is not None:
-                    return role, hash64
-        return self.splitter.choose(hash64), hash64
+                    return Route(role, hash64, weight)
+        return Route(splitter.choose(hash64), hash64, weight)

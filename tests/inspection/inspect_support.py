@@ -11,7 +11,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from canaryproxy.core.types import Role, Outcome
-from canaryproxy.inspection import InspectionSettings, inspector_for, read_request
+from canaryproxy.inspection import Inspection, InspectionSettings, apply, inspector_for, read_request
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 STARTED = 100.0
@@ -39,14 +39,20 @@ def run(
     complete: bool = True,
     now: Callable[[], float] = lambda: FIRST_TOKEN_AT,
 ) -> tuple[bytes, Outcome]:
-    """Read the request, feed the response pieces, finish; (bytes forwarded, outcome)."""
+    """Read the request, feed the response pieces, finish; (bytes forwarded, the applied outcome).
+
+    `complete` False is a body the transport cut short, as the data plane tells `apply`.
+    """
     settings = settings or InspectionSettings()
     body = request if isinstance(request, bytes) else json.dumps(request).encode()
     _, facts = read_request(path, body, settings)
-    outcome = Outcome(role=Role.CANARY, started=STARTED)
-    inspector = inspector_for(facts, status, content_type, CIMultiDict(headers or {}), outcome, settings, now)
+    inspection = Inspection()
+    inspector = inspector_for(facts, status, content_type, CIMultiDict(headers or {}), inspection, settings,
+                              role=Role.CANARY, started=STARTED, now=now)
     forwarded = [inspector.feed(piece) for piece in pieces]
     forwarded.append(inspector.finish(complete))
+    outcome = Outcome(role=Role.CANARY, started=STARTED)
+    apply(outcome, inspection, cut_short=not complete)
     return b"".join(forwarded), outcome
 
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inspect_support import run
 
-from canaryproxy.core.types import Role, Outcome
-from canaryproxy.inspection import InspectionSettings, TextRule
+from canaryproxy.core.types import Role
+from canaryproxy.inspection import Inspection, InspectionSettings, TextRule
 from canaryproxy.inspection.fastpath import DeltaTemplate
 from canaryproxy.inspection.findings import Findings, TextSink
 
@@ -71,8 +71,8 @@ def literal(text: str, ensure_ascii: bool) -> bytes:
 
 
 def findings() -> Findings:
-    return Findings(Outcome(role=Role.STABLE, started=0.0), lambda: 0.0, keep_text=True, keep_tool_arguments=False,
-                    cap=1 << 20)
+    return Findings(Inspection(), lambda: 0.0, started=0.0, role=Role.STABLE, keep_text=True,
+                    keep_tool_arguments=False, cap=1 << 20)
 
 
 def learned(shape: Shape, sink: TextSink | None) -> DeltaTemplate:

@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 
 from canaryproxy.clock import ManualClock
 from canaryproxy.core.types import Role, Outcome
-from canaryproxy.inspection import InspectionSettings, PassThrough, inspector_for, read_request
+from canaryproxy.inspection import Inspection, InspectionSettings, PassThrough, apply, inspector_for, read_request
 
 CHAT = "/v1/chat/completions"
 SETTINGS = InspectionSettings()
@@ -25,13 +25,34 @@ DONE = b"data: [DONE]\n\n"
 USAGE = b'data: {"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
 
 
+class Inspecting:
+    """An inspector as the data plane drives it: when the body ends, the inspection is applied to
+    the outcome (`complete` False: the transport cut the body short)."""
+
+    def __init__(self, inspector, inspection: Inspection, outcome: Outcome) -> None:
+        self.inspector = inspector
+        self.inspection = inspection
+        self.outcome = outcome
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self.inspector.feed(chunk)
+
+    def finish(self, complete: bool) -> bytes:
+        rest = self.inspector.finish(complete)
+        apply(self.outcome, self.inspection, cut_short=not complete)
+        return rest
+
+
 def start(request: dict, *, content_type: str = "text/event-stream", status: int = 200,
           headers: dict[str, str] | None = None, settings: InspectionSettings = SETTINGS, clock: ManualClock | None = None):
     _, facts = read_request(CHAT, json.dumps(request).encode(), settings)
-    outcome = Outcome(role=Role.STABLE, started=clock.monotonic() if clock else STARTED)
+    started = clock.monotonic() if clock else STARTED
+    outcome = Outcome(role=Role.STABLE, started=started)
     now = clock.monotonic if clock else (lambda: STARTED)
-    inspector = inspector_for(facts, status, content_type, CIMultiDict(headers or {}), outcome, settings, now)
-    return inspector, outcome
+    inspection = Inspection()
+    inspector = inspector_for(facts, status, content_type, CIMultiDict(headers or {}), inspection, settings,
+                              role=Role.STABLE, started=started, now=now)
+    return Inspecting(inspector, inspection, outcome), outcome
 
 
 def test_chunks_are_forwarded_as_the_same_objects() -> None:
@@ -183,6 +204,6 @@ def test_responses_we_cannot_read_get_the_pass_through() -> None:
         dict(status=500),
         dict(content_type="text/plain"),
     ):
-        inspector, outcome = start(request, **kwargs)
-        assert isinstance(inspector, PassThrough)
-        assert (outcome.route, outcome.model) == ("chat.completions", "m")
+        inspecting, _ = start(request, **kwargs)
+        assert isinstance(inspecting.inspector, PassThrough)
+        assert (inspecting.inspection.route, inspecting.inspection.model) == ("chat.completions", "m")
