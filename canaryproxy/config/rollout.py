@@ -1,0 +1,154 @@
+"""The rollout section: stages, operator rules and the sequential judge's settings. Each validates
+by building the core value it stands for, so a bad plan is a config error, not a start-up crash."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from canaryproxy.config.fields import Duration, Strict
+from canaryproxy.core.judge import DEFAULT_TESTS, JudgeConfig
+from canaryproxy.core.judge import TestConfig as JudgeTestConfig_
+from canaryproxy.core.metrics import METRICS, Unit
+from canaryproxy.core.rules import Comparison, Rule
+from canaryproxy.core.stages import Plan, Stage
+from canaryproxy.core.units import parse_duration
+
+
+class RuleConfig(Strict):
+    """One operator rule. Exactly one comparison: above, below, above_stable or below_stable."""
+
+    name: str = Field(min_length=1)
+    metric: str
+    above: float | str | None = None
+    below: float | str | None = None
+    above_stable: float | None = None
+    below_stable: float | None = None
+    window: Duration = Field(gt=0)
+    for_: Duration = Field(default=0.0, alias="for", ge=0)
+    min_samples: int = Field(default=20, ge=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> RuleConfig:
+        given = [k for k in ("above", "below", "above_stable", "below_stable") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"rule {self.name!r} needs exactly one of above, below, above_stable, below_stable"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        self.to_rule()  # unknown metric, bad threshold: reported here, at load time
+        return self
+
+    def to_rule(self) -> Rule:
+        comparison = next(k for k in ("above", "below", "above_stable", "below_stable")
+                          if getattr(self, k) is not None)
+        raw = getattr(self, comparison)
+        if self.metric in METRICS and METRICS[self.metric].unit is Unit.SECONDS:
+            threshold = parse_duration(raw)  # `above: 10s` for latency metrics
+        elif isinstance(raw, str):
+            try:
+                threshold = float(raw)
+            except ValueError:
+                raise ValueError(f"rule {self.name!r}: {comparison} must be a number, got {raw!r}") from None
+        else:
+            threshold = float(raw)
+        return Rule(self.name, self.metric, Comparison(comparison), threshold, self.window, self.for_,
+                    self.min_samples)
+
+
+class StageConfig(Strict):
+    weight: float = Field(gt=0, le=100)
+    hold: Duration = Field(ge=0)
+
+
+class JudgeTestConfig(Strict):
+    enabled: bool = True
+    alpha: float | None = Field(default=None, gt=0, lt=1)
+    r0: float = Field(default=1.0, ge=1.0)
+
+
+class JudgeSettings(Strict):
+    """The sequential judge (see docs): on by default alongside the operator's rules."""
+
+    enabled: bool = True
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)  # total false-rollback budget, split over tests
+    tests: dict[str, JudgeTestConfig] = Field(default_factory=dict)
+    max_events_per_key: int = Field(default=3, ge=1)
+    max_samples_per_key: int = Field(default=1, ge=1)  # amount tests: samples per sticky key
+    warmup: Duration = Field(default=20.0, ge=0)  # latency tests skip this long after a weight rise
+    # ...and the other event tests accept a canary up to this many times worse meanwhile (x r0).
+    warmup_tolerance: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
+    burn_in: int = Field(default=100, ge=100)  # samples per version before an amount test may fire
+
+    @field_validator("tests")
+    @classmethod
+    def _known_tests(cls, tests: dict[str, JudgeTestConfig]) -> dict[str, JudgeTestConfig]:
+        unknown = sorted(set(tests) - set(DEFAULT_TESTS))
+        if unknown:
+            raise ValueError(f"unknown judge test {unknown[0]!r}; known tests: {', '.join(DEFAULT_TESTS)}")
+        return tests
+
+    @model_validator(mode="after")
+    def _judge_accepts_it(self) -> JudgeSettings:
+        # The judge checks what only it knows (r0 against its alternatives, the α sum): ask it now,
+        # so a bad value is a config error naming the field, not a traceback at start-up.
+        self.to_judge_config()
+        return self
+
+    def to_judge_config(self) -> JudgeConfig:
+        # The default split is for a 1% budget; scale it to the configured total.
+        scale = self.alpha / 0.01
+        tests = {}
+        for name, default in DEFAULT_TESTS.items():
+            given = self.tests.get(name, JudgeTestConfig())
+            tests[name] = JudgeTestConfig_(
+                alpha=given.alpha if given.alpha is not None else default.alpha * scale,
+                enabled=given.enabled,
+                r0=given.r0,
+            )
+        return JudgeConfig(
+            tests=tests,
+            max_events_per_key=self.max_events_per_key,
+            max_samples_per_key=self.max_samples_per_key,
+            warmup_seconds=self.warmup,
+            warmup_tolerance=self.warmup_tolerance,
+            burn_in=self.burn_in,
+        )
+
+
+class RolloutConfig(Strict):
+    start: Literal["auto", "manual"] = "auto"
+    stages: tuple[StageConfig, ...] = Field(min_length=1)
+    min_requests: int = Field(default=100, ge=1)
+    max_hold: Duration = Field(default=3600.0, gt=0)
+    evaluate_every: Duration = Field(default=10.0, gt=0)
+    rules: tuple[RuleConfig, ...] = ()
+    on_stable_breach: Literal["pause", "rollback", "ignore"] = "pause"
+    early_promotion: bool = False
+    judge: JudgeSettings = JudgeSettings()
+
+    @model_validator(mode="after")
+    def _plan_is_consistent(self) -> RolloutConfig:
+        self.to_plan()
+        names = [r.name for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def to_plan(self) -> Plan:
+        return Plan(
+            tuple(Stage(s.weight, s.hold) for s in self.stages),
+            min_requests=self.min_requests,
+            max_hold=self.max_hold,
+            on_stable_breach=self.on_stable_breach,
+            early_promotion=self.early_promotion,
+        )
+
+    def longest_window(self) -> float:
+        return max((r.window for r in self.rules), default=0.0)
+
+

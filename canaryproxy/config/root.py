@@ -1,0 +1,70 @@
+"""`Config`, the whole file: one field per top-level section, each section a class of its own (in
+serving.py, rollout.py, operations.py, inspection.py), so a new section is one class and one line."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import PrivateAttr, field_validator, model_validator
+
+from canaryproxy.config.fields import Listen, Strict, is_loopback
+from canaryproxy.config.inspection import InspectionConfig, PricingConfig, build_inspection_settings
+from canaryproxy.config.operations import AlertsConfig, StateConfig, WindowsConfig
+from canaryproxy.config.rollout import RolloutConfig
+from canaryproxy.config.serving import AdminConfig, LimitsConfig, RoutingConfig, TimeoutsConfig, UpstreamsConfig
+from canaryproxy.inspection.settings import InspectionSettings
+
+
+class Config(Strict):
+    listen: Listen = ("0.0.0.0", 8080)
+    admin: AdminConfig = AdminConfig()
+    upstreams: UpstreamsConfig
+    routing: RoutingConfig = RoutingConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    rollout: RolloutConfig | None = None
+    alerts: AlertsConfig = AlertsConfig()
+    state: StateConfig = StateConfig()
+    windows: WindowsConfig = WindowsConfig()
+    inspection: InspectionConfig = InspectionConfig()
+    pricing: PricingConfig = PricingConfig()
+
+    _inspection_settings: InspectionSettings | None = PrivateAttr(default=None)
+
+    def inspection_settings(self) -> InspectionSettings | None:
+        """What the inspectors are told (None when inspection is off)."""
+        if not self.inspection.enabled:
+            return None
+        if self._inspection_settings is None:
+            self._inspection_settings = build_inspection_settings(self, Path("."))
+        return self._inspection_settings
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            nets = []
+            for item in value:
+                try:
+                    nets.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError:
+                    raise ValueError(f"expected CIDRs such as 10.0.0.0/8, got {item!r}") from None
+            return tuple(nets)
+        return value
+
+    @model_validator(mode="after")
+    def _admin_token_off_loopback(self) -> Config:
+        # Anyone who can reach the admin port could send all traffic to an untested model.
+        if not is_loopback(self.admin.listen[0]) and not self.admin.token:
+            raise ValueError(
+                f"admin.listen is {self.admin.listen[0]}, not a loopback address: set admin.token "
+                "(for example token: ${CANARYPROXY_ADMIN_TOKEN})"
+            )
+        return self
+
+

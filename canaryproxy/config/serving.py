@@ -1,0 +1,66 @@
+"""The serving sections: where the proxy and the admin API listen, the upstreams, how requests are
+routed between them, timeouts and limits."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+
+from canaryproxy.config.fields import Duration, Listen, Size, Strict, UpstreamUrl
+from canaryproxy.core.splitter import check_weight
+
+
+class AdminConfig(Strict):
+    listen: Listen = ("127.0.0.1", 9090)
+    token: str | None = Field(default=None, description="bearer token for admin mutations; use ${ENV}")
+
+    @field_validator("token")
+    @classmethod
+    def _empty_is_none(cls, token: str | None) -> str | None:
+        # `${CANARYPROXY_ADMIN_TOKEN:-}` with the variable unset means "no token".
+        return token or None
+
+
+class UpstreamsConfig(Strict):
+    stable: UpstreamUrl
+    canary: UpstreamUrl
+
+
+_STICKY = re.compile(r"(header|cookie|query):([!#$%&'*+.^_`|~0-9A-Za-z-]+)|client-ip")
+
+
+class RoutingConfig(Strict):
+    weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    sticky: tuple[str, ...] = ("header:x-user-id", "cookie:session", "client-ip")
+    override_header: str | None = None
+    served_by_header: str | None = "x-canary-version"
+
+    _one_bucket_resolution = field_validator("weight")(check_weight)
+
+    @field_validator("sticky")
+    @classmethod
+    def _known_key_sources(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        for source in sources:
+            if not _STICKY.fullmatch(source):
+                raise ValueError(
+                    f"unknown sticky key {source!r}: use header:NAME, cookie:NAME, query:NAME or client-ip"
+                )
+        return sources
+
+
+class TimeoutsConfig(Strict):
+    connect: Duration = Field(default=5.0, gt=0)
+    first_byte: Duration = Field(default=300.0, gt=0)
+    idle: Duration = Field(default=60.0, gt=0)
+    client_body: Duration = Field(default=30.0, gt=0)
+    client_write: Duration = Field(default=60.0, gt=0)
+    keepalive: Duration = Field(default=75.0, ge=0)
+    drain: Duration = Field(default=30.0, ge=0)
+
+
+class LimitsConfig(Strict):
+    max_request_body: Size = Field(default=32 * 1024**2, ge=0)
+    upstream_connections: int = Field(default=1000, ge=1)
+
+
