@@ -50,6 +50,10 @@ class StateError(CanaryProxyError):
     """The durable rollout state is unreadable, corrupt, or cannot be written."""
 
 
+class StoreUnavailable(StateError):
+    """The shared store cannot be reached (as opposed to reached and found corrupt)."""
+
+
 class StateConflict(StateError):
     """The stored state moved on since the writer read it (another writer won): reload, retry."""
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from canaryproxy import settings
+from canaryproxy import replication, settings
 from canaryproxy.admin.api import AdminAPI, AuditLog
 from canaryproxy.alerts import Alerter
 from canaryproxy.backends.memory import DirectFeed, SoleLeadership
@@ -122,28 +122,38 @@ class ControlPlane:
     registry: CollectorRegistry
 
 
-def build_control_plane(config: Config, data: DataPlane, feed: OutcomeFeed, clock: Clock,
-                        is_ready: Callable[[], bool]) -> ControlPlane:
+def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None, clock: Clock,
+                        is_ready: Callable[[], bool], shared: replication.Shared | None = None) -> ControlPlane:
+    """`feed` is the one-process feed the evidence subscribes to; with `shared`, the evidence is
+    fed from the shared log instead, and the store and lease are the shared ones."""
     rollout = settings.rollout_settings(config)
     judge = Judge(rollout.judge) if rollout is not None and rollout.judge is not None else None
     evidence = Evidence(Windows(settings.window_config(config)), judge)
-    feed.subscribe(evidence)
+    if feed is not None:
+        feed.subscribe(evidence)
     alerter = Alerter(settings.webhooks(config), context={
         "upstreams": {"stable": config.upstreams.stable, "canary": config.upstreams.canary}})
     follower = controller = None
+    audit = AuditLog(settings.audit_path(config))
+    registry = CollectorRegistry()
     if rollout is not None:
-        store = settings.rollout_store(config)
-        follower = Follower(store, data.splitter.set_weight, clock.monotonic)
+        store = shared.store if shared is not None else settings.rollout_store(config)
+        leadership = shared.leadership if shared is not None else SoleLeadership()
+        follower = Follower(store, data.splitter.set_weight, clock.monotonic,
+                            grace=shared.grace if shared is not None else 30.0)
         controller = Controller(
-            rollout.plan, RuleEngine(rollout.rules), evidence, store, SoleLeadership(), follower,
+            rollout.plan, RuleEngine(rollout.rules), evidence, store, leadership, follower,
             alerter, DecisionRecord(), clock, rollout.evaluate_every, autostart=rollout.autostart,
         )
-    registry = CollectorRegistry()
+        if shared is not None:
+            replication.join(shared, evidence, controller, clock)
+            audit.publish = lambda entry: shared.history.publish("audit", entry)
+            registry.register(replication.CoordinationCollector(shared, follower))
     registry.register(Exporter(data.totals, lambda: data.splitter.weight,
                                controller.readout if controller is not None else None))
     admin = AdminAPI(
         controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
-        config.admin.token, AuditLog(settings.audit_path(config)), evidence.windows, clock,
+        config.admin.token, audit, evidence.windows, clock,
     )
     return ControlPlane(evidence, follower, controller, alerter, admin, registry)
 
@@ -152,9 +162,15 @@ class CanaryProxy:
     def __init__(self, config: Config, *, clock: Clock | None = None, sink: OutcomeSink | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        feed = DirectFeed()
-        self.data = build_data_plane(config, feed, self.clock, sink)
-        self.control = build_control_plane(config, self.data, feed, self.clock, self.is_ready)
+        self.shared: replication.Shared | None = None
+        if config.coordination.shared:
+            self.shared = replication.shared_backend(config, settings.window_config(config).span_seconds)
+            self.data = build_data_plane(config, self.shared.feed, self.clock, sink)
+            self.control = build_control_plane(config, self.data, None, self.clock, self.is_ready, self.shared)
+        else:
+            feed = DirectFeed()
+            self.data = build_data_plane(config, feed, self.clock, sink)
+            self.control = build_control_plane(config, self.data, feed, self.clock, self.is_ready)
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._data_site: web.TCPSite | None = None
@@ -212,8 +228,12 @@ class CanaryProxy:
         await control.alerter.start()
         if control.follower is not None and control.controller is not None:
             await control.follower.start()
+            if self.shared is not None:
+                await replication.start(self.shared, control.controller)
             await control.controller.boot()
             await control.controller.start()
+            if self.shared is not None:
+                await replication.lead(self.shared)
         self._admin_runner = web.AppRunner(control.admin.application(), handle_signals=False, access_log=None)
         await self._admin_runner.setup()
 
@@ -263,6 +283,8 @@ class CanaryProxy:
             await control.controller.stop()
         if control.follower is not None:
             await control.follower.stop()
+        if self.shared is not None:
+            await replication.stop(self.shared)  # flushes what is left, releases the lease
         if self._data_runner is not None:
             await self._data_runner.cleanup()
             self._data_runner = None

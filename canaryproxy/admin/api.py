@@ -118,6 +118,8 @@ class AuditLog:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        # Where entries are also sent, when several processes share the audit log.
+        self.publish: Callable[[dict[str, Any]], None] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -127,6 +129,8 @@ class AuditLog:
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as f:  # O_APPEND: concurrent writers never interleave
                 f.write(line + "\n")
+        if self.publish is not None:
+            self.publish(entry)
 
 
 class AdminAPI:

@@ -56,6 +56,7 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
         "rollbacks": controller.rollbacks,
         "evaluate_every": controller.evaluate_every,
         "state_store": controller.store.describe(),
+        "coordination": controller.peers() if controller.peers is not None else {"backend": "local"},
     }
 
 

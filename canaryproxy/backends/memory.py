@@ -119,6 +119,9 @@ class MemoryLeadership:
             self.space.lease_holder = None
         self._token = None
 
+    def forget(self) -> None:
+        self._token = None
+
 
 class SoleLeadership:
     """One process, so it always leads. Its token, 0, is never older than the store's."""
@@ -133,6 +136,9 @@ class SoleLeadership:
 
     async def release(self) -> None:
         return None
+
+    def forget(self) -> None:
+        return None  # the only process cannot lose its lease
 
 
 class DirectFeed:

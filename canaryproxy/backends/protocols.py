@@ -12,20 +12,25 @@ one contract suite, tests/backends/, run against every implementation.
   stored now and then every accepted state, in order, to every watcher: it is how each process
   puts the weight in force.
 * `Leadership`: who runs the automatic evaluation. Acquiring gives a fencing token larger than
-  every token given before; `renew` keeps it; a holder that fails to renew in time loses it, and
+  every token given before; `renew` keeps it (StateError when the store cannot be reached); a holder that fails to renew in time loses it, and
   the next holder's token is larger.
 * `OutcomeFeed`: how what each process observed reaches the one evidence (windows and judge)
   that decides. To the data plane it is one more outcome sink: `record` publishes, on the
   request path, and never blocks or raises.
+* `OutcomeLog`: the shared feed as a log every process reads in the same order (`read_from` a
+  position), with the judge's checkpoint beside it — how each process keeps an identical copy of
+  the evidence, and a new one catches up.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from canaryproxy.core.evidence_events import EvidenceEvent
 from canaryproxy.core.stages import RolloutState
-from canaryproxy.core.types import Observed, ObservedSink
+from canaryproxy.core.types import Observed
 
 
 class RolloutStore(Protocol):
@@ -68,12 +73,42 @@ class Leadership(Protocol):
         """Stop leading now, so another process need not wait for the lease to expire."""
         ...
 
+    def forget(self) -> None:
+        """Stop leading at once without telling the lease store (which cannot be reached)."""
+        ...
+
 
 class OutcomeFeed(Protocol):
     def record(self, outcome: Observed) -> None:
         """Publish one finished request. On the request path: O(1), never blocks, never raises."""
         ...
 
-    def subscribe(self, sink: ObservedSink) -> None:
-        """Deliver every published outcome (of every process) to `sink`, one by one."""
+
+Position = str  # where in the shared outcome log; "0-0" is before the first entry
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of the shared outcome log: a batch of records, then the events published after."""
+
+    position: Position
+    records: Sequence[Observed]
+    events: Sequence[EvidenceEvent]
+
+
+class OutcomeLog(Protocol):
+    def announce(self, event: EvidenceEvent) -> None:
+        """Publish an event behind every record published before it. Never blocks or raises."""
+        ...
+
+    def read_from(self, position: Position) -> AsyncIterator[Entry | None]:
+        """Entries after `position` in log order, forever; None when caught up (nothing new for
+        a while). StateError when the log cannot be read."""
+        ...
+
+    async def load_checkpoint(self) -> tuple[Position, Mapping[str, object]] | None:
+        """The judge's saved state and the position it covers, or None."""
+        ...
+
+    async def save_checkpoint(self, position: Position, judge: Mapping[str, object]) -> None:
         ...

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from canaryproxy.backends.file import FORMAT_VERSION
 from canaryproxy.core.stages import RolloutState, is_older
-from canaryproxy.errors import Fenced, StateConflict, StateError
+from canaryproxy.errors import Fenced, StateConflict, StateError, StoreUnavailable
 
 log = logging.getLogger("canaryproxy.redis")
 
@@ -116,8 +116,8 @@ class RedisRolloutStore:
     async def load(self) -> RolloutState | None:
         try:
             raw = await self.space.client.get(self.space.key("state"))
-        except RedisError as exc:
-            raise StateError(f"{self.describe()}: cannot read the rollout state: {exc}") from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{self.describe()}: cannot read the rollout state: {exc}") from None
         return None if raw is None else decode_state(raw, self.describe())
 
     async def compare_and_set(self, state: RolloutState, expected: int | None, token: int | None) -> None:
@@ -130,8 +130,8 @@ class RedisRolloutStore:
                 args=[document, "" if expected is None else expected, "" if token is None else token,
                       space.key("changes")],
             )
-        except RedisError as exc:
-            raise StateError(f"{self.describe()}: cannot write the rollout state: {exc}") from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{self.describe()}: cannot write the rollout state: {exc}") from None
         if verdict == b"fenced":
             raise Fenced(f"fencing token {token} is older than the current leader's ({value}): "
                          "this process no longer leads")
@@ -151,6 +151,13 @@ class RedisRolloutStore:
                 yield state
 
     async def _deliveries(self) -> AsyncIterator[RolloutState]:
+        try:
+            async for state in self._subscribed():
+                yield state
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{self.describe()}: the watch lost Redis: {exc}") from None
+
+    async def _subscribed(self) -> AsyncIterator[RolloutState]:
         pubsub = self.space.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.space.key("changes"))
@@ -185,23 +192,37 @@ class RedisLeadership:
 
     async def acquire(self) -> int | None:
         space = self.space
-        token = await space.acquire(keys=[space.key("lease"), space.key("fence")],
-                                    args=[self.holder, self.lease_ms, "" if self._token is None else self._token])
+        try:
+            token = await space.acquire(keys=[space.key("lease"), space.key("fence")],
+                                        args=[self.holder, self.lease_ms, "" if self._token is None else self._token])
+        except (RedisError, OSError) as exc:
+            self._token = None
+            raise StateError(f"{space.describe()}: cannot take the lease: {exc}") from None
         self._token = None if token is None else int(token)
         return self._token
 
     async def renew(self) -> bool:
         if self._token is None:
             return False
-        ok = await self.space.renew(keys=[self.space.key("lease")],
-                                    args=[f"{self.holder}|{self._token}", self.lease_ms])
+        try:
+            ok = await self.space.renew(keys=[self.space.key("lease")],
+                                        args=[f"{self.holder}|{self._token}", self.lease_ms])
+        except (RedisError, OSError) as exc:
+            self._token = None
+            raise StateError(f"{self.space.describe()}: cannot renew the lease: {exc}") from None
         if not ok:
             self._token = None
         return bool(ok)
 
     async def release(self) -> None:
-        if self._token is not None:
-            await self.space.renew(keys=[self.space.key("lease")], args=[f"{self.holder}|{self._token}", 0])
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                await self.space.renew(keys=[self.space.key("lease")], args=[f"{self.holder}|{token}", 0])
+            except (RedisError, OSError) as exc:
+                raise StateError(f"{self.space.describe()}: cannot release the lease: {exc}") from None
+
+    def forget(self) -> None:
         self._token = None
 
 

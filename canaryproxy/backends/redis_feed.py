@@ -7,27 +7,36 @@ b <records>`), which also trims what no window can need any more. The batch is b
 Redis is away records accumulate up to `max_buffered`, then new ones are dropped and counted —
 a request never waits for Redis.
 
-Consumers read the stream from a position (`read_from`), decode each entry's records and hand
-them on in stream order, which is the same order for every consumer.
+Evidence events (a rollout restarts, the judge's latency baseline is fixed) travel in the same
+entries, after the entry's records, so every consumer applies them at the same point.
+
+Consumers read the stream from a position (`read_from`), decode each entry and hand it on in
+stream order, which is the same order for every consumer. The judge's checkpoint (its state and
+the position it covers) is one more key beside the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from canaryproxy.aio import cancel_and_wait
 from canaryproxy.backends.redis import RedisSpace
-from canaryproxy.core.observation import Observation, decode_all, encode
-from canaryproxy.core.types import Observed, ObservedSink
+from canaryproxy.backends.protocols import Entry, Position
+from canaryproxy.core.evidence_events import EvidenceEvent, event_from_dict
+from canaryproxy.core.observation import decode_all, encode
+from canaryproxy.core.types import Observed
+from canaryproxy.errors import StateError
 
 log = logging.getLogger("canaryproxy.redis")
 
-Position = str  # a stream entry id, "0-0" for the beginning
+READ_COUNT = 200  # entries per read
 
 
 class RedisOutcomeFeed:
@@ -39,7 +48,7 @@ class RedisOutcomeFeed:
         self.flush_every = flush_every
         self.max_buffered = max_buffered
         self._batch: list[bytes] = []
-        self._sinks: list[ObservedSink] = []
+        self._events: list[dict[str, Any]] = []
         self.published = 0  # records sent to Redis
         self.dropped = 0  # records dropped because the buffer was full
         self.failed_flushes = 0
@@ -53,6 +62,10 @@ class RedisOutcomeFeed:
             self.dropped += 1
             return
         batch.append(encode(outcome))
+
+    def announce(self, event: EvidenceEvent) -> None:
+        """Publish an evidence event behind every record published before it."""
+        self._events.append(event.to_dict())
 
     async def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_forever(), name="canaryproxy-outcome-feed")
@@ -68,16 +81,19 @@ class RedisOutcomeFeed:
 
     async def flush(self) -> bool:
         """Send the batch as one entry. False (the batch kept) when Redis refused it."""
-        if not self._batch:
+        if not self._batch and not self._events:
             return True
         batch, self._batch = self._batch, []
+        events, self._events = self._events, []
         minimum = int((time.time() - self.retention) * 1000)
+        fields: dict[str, str | bytes] = {"r": self.replica, "b": b"".join(batch)}
+        if events:
+            fields["e"] = json.dumps(events)
         try:
-            await self.space.client.xadd(
-                self.space.key("outcomes"), {"r": self.replica, "b": b"".join(batch)},
-                minid=minimum, approximate=True,
-            )
+            await self.space.client.xadd(self.space.key("outcomes"), fields,  # type: ignore[arg-type]
+                                         minid=minimum, approximate=True)
         except (RedisError, OSError) as exc:
+            self._events = events + self._events  # events are few and must not be lost
             self.failed_flushes += 1
             if self.failed_flushes == 1 or self.failed_flushes % 100 == 0:
                 log.warning("cannot publish %d outcomes to %s (%s); keeping them, up to %d",
@@ -97,27 +113,53 @@ class RedisOutcomeFeed:
 
     # --- consuming -------------------------------------------------------------------------
 
-    def subscribe(self, sink: ObservedSink) -> None:
-        self._sinks.append(sink)
-
-    async def read_from(self, position: Position, *, block: float = 1.0
-                        ) -> AsyncIterator[tuple[Position, Sequence[Observation]]]:
-        """Entries after `position`, oldest first, then new ones as they come (waiting up to
-        `block` seconds per read). Raises RedisError when Redis is away."""
+    async def read_from(self, position: Position, *, block: float = 1.0) -> AsyncIterator[Entry | None]:
+        """Entries after `position`, oldest first, then new ones as they come; None after each read
+        that reached the end of the log (the reader is caught up). StateError when Redis is away."""
         key = self.space.key("outcomes")
         while True:
-            reply = await self.space.client.xread({key: position}, count=500, block=int(block * 1000))
+            try:
+                reply = await self.space.client.xread({key: position}, count=READ_COUNT, block=int(block * 1000))
+            except (RedisError, OSError) as exc:
+                raise StateError(f"{self.space.describe()}: cannot read outcomes: {exc}") from None
+            read = 0
             for _, entries in reply or ():
                 for entry_id, fields in entries:
+                    read += 1
                     position = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    try:
-                        records = decode_all(fields[b"b"])
-                    except (KeyError, ValueError) as exc:
-                        log.error("skipping an unreadable outcome batch %s: %s", position, exc)
-                        continue
-                    yield position, records
+                    entry = _decode_entry(position, fields)
+                    if entry is not None:
+                        yield entry
+            if read < READ_COUNT:
+                yield None  # this read reached the end of the log
 
-    def deliver(self, records: Sequence[Observation]) -> None:
-        for sink in self._sinks:
-            for record in records:
-                sink.record(record)
+    async def load_checkpoint(self) -> tuple[Position, Mapping[str, object]] | None:
+        try:
+            raw = await self.space.client.get(self.space.key("judge"))
+        except (RedisError, OSError) as exc:
+            raise StateError(f"{self.space.describe()}: cannot read the judge checkpoint: {exc}") from None
+        if raw is None:
+            return None
+        try:
+            document = json.loads(raw)
+            return str(document["position"]), document["judge"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring an unreadable judge checkpoint: %s", exc)
+            return None
+
+    async def save_checkpoint(self, position: Position, judge: Mapping[str, object]) -> None:
+        document = json.dumps({"position": position, "saved_at": time.time(), "judge": judge})
+        try:
+            await self.space.client.set(self.space.key("judge"), document)
+        except (RedisError, OSError) as exc:
+            raise StateError(f"{self.space.describe()}: cannot save the judge checkpoint: {exc}") from None
+
+
+def _decode_entry(position: Position, fields: Mapping[bytes, bytes]) -> Entry | None:
+    try:
+        records = decode_all(fields.get(b"b", b""))
+        events = [event_from_dict(e) for e in json.loads(fields[b"e"])] if b"e" in fields else []
+    except (ValueError, TypeError) as exc:
+        log.error("skipping an unreadable outcome batch %s: %s", position, exc)
+        return None
+    return Entry(position, records, events)

@@ -9,6 +9,7 @@ substitution, `parse`/`load`), `problems` (validation errors as lines). Everythi
 here, so `from canaryproxy.config import Config, load` is the one way in.
 """
 
+from canaryproxy.config.coordination import CoordinationConfig
 from canaryproxy.config.fields import Duration, Listen, Size, UpstreamUrl, is_loopback
 from canaryproxy.config.inspection import (
     GuardrailHeaderConfig,
@@ -28,7 +29,7 @@ from canaryproxy.config.root import Config
 from canaryproxy.config.serving import AdminConfig, LimitsConfig, RoutingConfig, TimeoutsConfig, UpstreamsConfig
 
 __all__ = [
-    "AdminConfig", "AlertsConfig", "Config", "Duration", "GuardrailHeaderConfig", "GuardrailStatusConfig",
+    "AdminConfig", "AlertsConfig", "Config", "CoordinationConfig", "Duration", "GuardrailHeaderConfig", "GuardrailStatusConfig",
     "GuardrailTextConfig", "GuardrailsConfig", "InspectionConfig", "JudgeSettings", "JudgeTestConfig",
     "LimitsConfig", "Listen", "PriceConfig", "PricingConfig", "RolloutConfig", "RouteSchemaConfig",
     "RoutingConfig", "RuleConfig", "Size", "StageConfig", "StateConfig", "TimeoutsConfig", "UpstreamUrl",

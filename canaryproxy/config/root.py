@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import PrivateAttr, field_validator, model_validator
 
+from canaryproxy.config.coordination import CoordinationConfig
 from canaryproxy.config.fields import Listen, Strict, is_loopback
 from canaryproxy.config.inspection import InspectionConfig, PricingConfig, build_inspection_settings
 from canaryproxy.config.operations import AlertsConfig, StateConfig, WindowsConfig
@@ -30,6 +31,7 @@ class Config(Strict):
     rollout: RolloutConfig | None = None
     alerts: AlertsConfig = AlertsConfig()
     state: StateConfig = StateConfig()
+    coordination: CoordinationConfig = CoordinationConfig()
     windows: WindowsConfig = WindowsConfig()
     inspection: InspectionConfig = InspectionConfig()
     pricing: PricingConfig = PricingConfig()
@@ -56,6 +58,16 @@ class Config(Strict):
                     raise ValueError(f"expected CIDRs such as 10.0.0.0/8, got {item!r}") from None
             return tuple(nets)
         return value
+
+    @model_validator(mode="after")
+    def _one_place_for_the_state(self) -> Config:
+        if self.coordination.shared and self.rollout is None:
+            raise ValueError("coordination.backend redis shares a rollout: add a rollout section")
+        if self.coordination.shared and self.state.backend is not None:
+            raise ValueError(
+                f"state.backend is {self.state.backend} but coordination.backend is redis, which keeps "
+                "the rollout state in Redis: remove state.backend (state.path still names the audit log's folder)")
+        return self
 
     @model_validator(mode="after")
     def _admin_token_off_loopback(self) -> Config:

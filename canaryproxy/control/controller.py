@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from canaryproxy.aio import cancel_and_wait
 from canaryproxy.alerts import Alerter
@@ -35,7 +36,9 @@ from canaryproxy.core.stages import (
     command as stage_command, explain, rebase, step,
 )
 from canaryproxy.core.types import Role, Status, Verdict
-from canaryproxy.errors import Fenced, NotDurable, StateConflict, StateError
+from canaryproxy.errors import (
+    CommandRejected, Fenced, NotDurable, StateConflict, StateError, StoreUnavailable,
+)
 
 log = logging.getLogger("canaryproxy.controller")
 
@@ -86,6 +89,8 @@ class Controller:
         self._task: asyncio.Task[None] | None = None
         self._persist_failed = False
         self._stored: int | None = None  # the generation last seen in the store; None: none stored
+        # The status view's `coordination` part, when several processes share the rollout.
+        self.peers: Callable[[], dict[str, Any]] | None = None
 
     @property
     def state(self) -> RolloutState:
@@ -103,6 +108,10 @@ class Controller:
         t = self.clock.monotonic()
         try:
             loaded = await self.store.load()
+        except StoreUnavailable as exc:
+            # Not corrupt, only away: the canary stays at 0 until the follower's watch delivers.
+            log.error("%s; the canary takes no traffic until the store answers", exc)
+            return
         except StateError as exc:
             await self._fail_safe(t, "state_corrupt", f"state could not be loaded; canary weight set to 0 ({exc})",
                                   "rollout state unreadable: canary weight set to 0", generation=0,
@@ -125,7 +134,10 @@ class Controller:
             return
         self.follower.observe(rebase(RolloutState(), t))
         if self.autostart:
-            await self.command(Op.START, actor="canaryproxy", reason="rollout.start is auto")
+            try:
+                await self.command(Op.START, actor="canaryproxy", reason="rollout.start is auto")
+            except CommandRejected as exc:  # another process started it first
+                log.info("rollout not started here: %s", exc)
 
     async def _fail_safe(self, t: float, trigger: str, reason: str, title: str, *, generation: int,
                          expected: int | None = None, message: str | None = None) -> None:
@@ -155,8 +167,16 @@ class Controller:
 
     # --- the automatic side ------------------------------------------------------------------
 
+    async def take_over(self) -> None:
+        """This process has just become the leader: start from the stored state, not from what it
+        last heard, and count only the canary requests it reads from now on."""
+        self.evidence.discard_canary_requests()
+        await self._reload_or_fail_safe(self.clock.monotonic())
+
     async def evaluate(self) -> list[Verdict]:
         """One evaluation: rules and judge -> stage machine -> actions. Returns the verdicts."""
+        if self.leadership.token is None:
+            return []  # a follower: the leader evaluates
         t, wall = self.clock.monotonic(), self.clock.wall()
         self.evaluations += 1
         before = self.state
@@ -173,7 +193,8 @@ class Controller:
         changed = any(previous.get(v.source) is not v.status for v in verdicts)
         if changed and not any(isinstance(a, Decision) for a in actions):
             self.decisions.evaluation(wall, verdicts, previous, state)
-        await self._carry_out(before, state, actions, token=self.leadership.token)
+        if not await self._carry_out(before, state, actions, token=self.leadership.token):
+            await self._reload_or_fail_safe(t)  # dropped: the next evaluation starts from the store
         return verdicts
 
     # --- the operator's side -----------------------------------------------------------------
@@ -194,11 +215,31 @@ class Controller:
             await self._reload(t)
         raise StateError(f"{op}: the rollout state kept changing under {COMMAND_ATTEMPTS} attempts; try again")
 
-    async def _reload(self, t: float) -> None:
+    async def _reload(self, t: float) -> RolloutState | None:
         stored = await self.store.load()
         self._stored = None if stored is None else stored.generation
         if stored is not None:
             self.follower.observe(rebase(stored, t))
+        return stored
+
+    async def _reload_or_fail_safe(self, t: float) -> None:
+        """Read the stored state; a state that vanished mid-rollout (Redis restarted without
+        persistence, FLUSHALL) is treated as a corrupt one: weight 0, paused, alert."""
+        try:
+            stored = await self._reload(t)
+        except StateError as exc:
+            log.warning("cannot read the rollout state: %s", exc)
+            return
+        if stored is None and self.state.phase is Phase.IDLE and self.autostart and self._stored is None:
+            try:  # nobody started it while the store was away
+                await self.command(Op.START, actor="canaryproxy", reason="rollout.start is auto")
+            except (CommandRejected, StateError) as exc:
+                log.info("rollout not started here: %s", exc)
+        elif stored is None and self.state.phase is not Phase.IDLE:
+            reason = (f"the rollout state vanished from {self.store.describe()}; canary weight set "
+                      "to 0")
+            await self._fail_safe(t, "state_missing", reason, "rollout state missing: canary weight set to 0",
+                                  generation=self.state.generation + 1)
 
     # --- carrying out ------------------------------------------------------------------------
 
@@ -235,6 +276,9 @@ class Controller:
             return True
         except (StateConflict, Fenced) as exc:
             log.info("rollout state not written: %s", exc)
+            return False
+        except StoreUnavailable as exc:
+            log.warning("rollout state not written: %s", exc)
             return False
         self._stored = state.generation
         self._persist_failed = False

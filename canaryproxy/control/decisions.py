@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from canaryproxy.alerts import json_safe
@@ -45,7 +45,10 @@ class DecisionRecord:
     """The newest `history` records, oldest first, and one log line per record."""
 
     def __init__(self, history: int = 500) -> None:
+        self.history = history
         self._records: deque[dict[str, Any]] = deque(maxlen=history)
+        # Where this process's records are also sent, when several share the history.
+        self.publish: Callable[[dict[str, Any]], None] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self._records)
@@ -59,6 +62,17 @@ class DecisionRecord:
     def append(self, record: dict[str, Any]) -> None:
         self._records.append(record)
         decision_log.info(json.dumps(record, sort_keys=True))
+        if self.publish is not None:
+            self.publish(record)
+
+    def add_remote(self, record: dict[str, Any]) -> None:
+        """A record another process made (its own log has the line)."""
+        self._records.append(record)
+
+    def replace(self, records: Iterable[dict[str, Any]]) -> None:
+        """Start from the shared history (oldest first)."""
+        self._records.clear()
+        self._records.extend(records)
 
     def transition(self, decision: Decision, wall: float, actor: str | None = None) -> dict[str, Any]:
         """Record what `stages` decided (a transition, or a decision that changed nothing)."""

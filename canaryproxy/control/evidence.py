@@ -8,12 +8,20 @@ when the canary served it, and taken in by the judge. The controller reads only 
 The judge's latency tests compare against stable's p95 and p99, which this module fixes once per
 rollout from stable's own window (`LATENCY_BASELINE_SPAN`), never from the data under test: any
 threshold fixed before the test looks keeps it valid, and a noisy one only costs power.
+
+Two things change the judge besides requests: a new rollout starts (it forgets), and the latency
+baseline is fixed. They are *events*, and go through `announce`: in one process straight back to
+`apply`; with several, into the shared outcome stream, so that every process's judge applies them
+at the same point among the same requests and all judges stay identical (which is what lets any
+one of them take over, or save a checkpoint another can continue from).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from canaryproxy.core.evidence_events import EvidenceEvent, LatencyBaseline, Restart
 from canaryproxy.core.judge import Judge
 from canaryproxy.core.snapshot import WindowSnapshot
 from canaryproxy.core.types import Feedback, Observed, Role, Verdict
@@ -30,11 +38,13 @@ LATENCY_BASELINE_MIN_REQUESTS = 100
 class Evidence:
     """An `ObservedSink` and `FeedbackSink`: windows + judge + the canary request count."""
 
-    __slots__ = ("windows", "judge", "_canary_requests", "_baseline_needed")
+    __slots__ = ("windows", "judge", "announce", "_canary_requests", "_baseline_needed")
 
     def __init__(self, windows: Windows, judge: Judge | None) -> None:
         self.windows = windows
         self.judge = judge
+        # Where events go; replaced by the shared feed's when several processes share the evidence.
+        self.announce: Callable[[EvidenceEvent], None] = self.apply
         self._canary_requests = 0  # canary requests that count for the version, since taken
         self._baseline_needed = judge is not None
 
@@ -72,11 +82,23 @@ class Evidence:
     def snapshot(self, role: Role, span: float, wall: float) -> WindowSnapshot:
         return self.windows.snapshot(role, min(span, self.windows.config.span_seconds), wall)
 
+    def discard_canary_requests(self) -> None:
+        """Forget the pending count: a new leader's stored state already holds its predecessor's."""
+        self._canary_requests = 0
+
     def restart(self) -> None:
-        """A new rollout starts: the judge forgets everything, the baseline is fixed anew."""
-        if self.judge is not None:
+        """A new rollout starts (announced, so that every process's judge forgets at one point)."""
+        self.announce(Restart())
+
+    def apply(self, event: EvidenceEvent) -> None:
+        if self.judge is None:
+            return
+        if isinstance(event, Restart):
             self.judge.reset()
             self._baseline_needed = True
+        else:
+            self.judge.set_latency_thresholds(event.p95, event.p99)
+            self._baseline_needed = False
 
     def _fix_latency_baseline(self, wall: float) -> None:
         assert self.judge is not None
@@ -84,7 +106,7 @@ class Evidence:
         p95, p99 = stable.metric("latency_p95"), stable.metric("latency_p99")
         if p95.value is None or p99.value is None or p95.samples < LATENCY_BASELINE_MIN_REQUESTS:
             return
-        self.judge.set_latency_thresholds(p95.value, max(p99.value, p95.value))
-        self._baseline_needed = False
+        self._baseline_needed = False  # until `apply` takes it (at once, or from the stream)
+        self.announce(LatencyBaseline(p95.value, max(p99.value, p95.value)))
         log.info("judge latency thresholds fixed at stable's p95 = %.1f ms, p99 = %.1f ms (n=%d)",
                  p95.value * 1000, p99.value * 1000, p95.samples)

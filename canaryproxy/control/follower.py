@@ -9,6 +9,11 @@ overtaken by the write after it).
 
 `RolloutState.last_t` is monotonic time, which means nothing to another process: a state that
 arrives without it is rebased on this process's clock.
+
+A shared store can go away. The follower then keeps the weight in force for `grace` seconds (a
+short blip changes nothing users see), and after that puts the canary at 0 — fail safe: this
+process can no longer learn of a rollback — until the watch delivers again, when the stored state
+is put back in force. Stable traffic never waits for the store either way.
 """
 
 from __future__ import annotations
@@ -20,18 +25,31 @@ from collections.abc import Callable
 from canaryproxy.aio import cancel_and_wait
 from canaryproxy.backends.protocols import RolloutStore
 from canaryproxy.core.stages import RolloutState, is_older, rebase
+from canaryproxy.errors import StateError
 
 log = logging.getLogger("canaryproxy.follower")
 
 
+RETRY_AFTER = 0.5  # seconds between attempts to watch a store that is away
+
+
 class Follower:
     def __init__(self, store: RolloutStore, apply_weight: Callable[[float], None],
-                 monotonic: Callable[[], float]) -> None:
+                 monotonic: Callable[[], float], grace: float = 30.0) -> None:
         self.store = store
         self._apply_weight = apply_weight
         self._monotonic = monotonic
+        self.grace = grace
         self.state: RolloutState | None = None  # the state in force here, None before the first
-        self._task: asyncio.Task[None] | None = None
+        self.lost_since: float | None = None  # monotonic time the watch failed; None: in contact
+        self.fail_safe = False  # the canary is at 0 because the store was away too long
+        self.fail_safes = 0  # times that happened
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def in_force(self) -> float:
+        """The canary weight this process serves."""
+        return 0.0 if self.fail_safe or self.state is None else self.state.weight
 
     def observe(self, state: RolloutState) -> bool:
         """Put `state` in force unless a newer one already is. True when it was taken."""
@@ -41,19 +59,56 @@ class Follower:
         if state.last_t is None:
             state = rebase(state, self._monotonic())
         self.state = state
-        if current is None or current.weight != state.weight:
+        if not self.fail_safe and (current is None or current.weight != state.weight):
             self._apply_weight(state.weight)
         return True
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(), name="canaryproxy-follower")
+        self._tasks = [asyncio.create_task(self._follow(), name="canaryproxy-follower"),
+                       asyncio.create_task(self._guard(), name="canaryproxy-follower-grace")]
         await asyncio.sleep(0)  # let the watch register before anybody writes
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        self._tasks = []
 
     async def _follow(self) -> None:
-        async for state in self.store.watch():
-            self.observe(state)
+        while True:
+            try:
+                async for state in self.store.watch():
+                    self._in_contact()
+                    self.observe(state)
+            except StateError as exc:
+                if self.lost_since is None:
+                    self.lost_since = self._monotonic()
+                    log.error("%s; keeping canary weight %g%% for up to %gs", exc,
+                              self.state.weight if self.state else 0.0, self.grace)
+            await asyncio.sleep(RETRY_AFTER)
+
+    def _in_contact(self) -> None:
+        if self.lost_since is not None:
+            log.warning("the rollout store answers again after %.1fs", self._monotonic() - self.lost_since)
+        self.lost_since = None
+        if self.fail_safe:
+            self.fail_safe = False
+            if self.state is not None:
+                self._apply_weight(self.state.weight)
+                log.warning("canary weight back to the stored %g%%", self.state.weight)
+
+    async def _guard(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.grace / 4))
+            self.check_grace()
+
+    def check_grace(self) -> None:
+        """Fail safe once the store has been away longer than `grace`."""
+        lost = self.lost_since
+        if lost is None or self.fail_safe or self._monotonic() - lost < self.grace:
+            return
+        self.fail_safe = True
+        self.fail_safes += 1
+        self._apply_weight(0.0)
+        log.error("the rollout store has been unreachable for %gs: canary weight set to 0 until it "
+                  "answers again", self.grace)
 
