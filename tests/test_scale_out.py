@@ -112,9 +112,8 @@ async def test_a_regression_each_replica_sees_a_third_of_is_rolled_back_on_the_s
             break
     statuses = await fleet.wait_for(lambda s: all(x["phase"] == "rolled_back" and x["weight"] == 0 for x in s))
     per_replica = [counts.get(f"r{i}:canary", 0) for i in range(3)]
-    decisions = (await fleet.live[0].get("/admin/decisions"))["decisions"]
-    rollback = next(d for d in decisions if d["after"]["phase"] == "rolled_back")
-    errors = next((v for v in rollback["verdicts"] if v["source"] == "errors"), rollback)
+    rollback = await _decision(fleet.live[0], lambda d: d["after"]["phase"] == "rolled_back")
+    errors = next(v for v in rollback["verdicts"] if v["source"] == "errors")
     samples = errors["details"]["canary_samples"]
     # No replica alone saw enough canary requests for the rule; together they did.
     assert max(per_replica) < 45 <= samples, (per_replica, samples)
@@ -222,4 +221,18 @@ async def _agreed_transitions(fleet: Fleet, timeout: float = 5) -> list[list[tup
         if all(t == transitions[0] for t in transitions):
             return transitions
         assert time.monotonic() < deadline, transitions
+        await asyncio.sleep(0.05)
+
+
+async def _decision(replica, predicate, timeout: float = 5) -> dict:
+    """The first decision in `replica`'s record that matches, once it has arrived there."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        decisions = (await replica.get("/admin/decisions"))["decisions"]
+        found = [d for d in decisions if predicate(d)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, decisions
         await asyncio.sleep(0.05)
