@@ -119,3 +119,13 @@ async def read_small_body(request: web.BaseRequest, timeout: float) -> bytes:
         return await content.read()
     finally:
         timer.cancel()
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Tell a client waiting on `Expect: 100-continue` to send its body (as nginx does, instead of
+    forwarding Expect: an upstream that never answers 100 would leave the body waiting). Only once
+    the request is accepted: a refused one gets its final status instead (RFC 9110 §10.1.1)."""
+    if request.version >= (1, 1):  # an HTTP/1.0 client cannot mean it (RFC 9110 §10.1.1)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # aiohttp's own expect handler does the same: the response proper has not begun.
+        request.writer.output_size = 0

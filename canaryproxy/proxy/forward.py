@@ -2,10 +2,13 @@
 
 The order of events and why:
 
-1. Refuse what must never reach an upstream (faulty framing, an oversized declared body, a request
-   while draining) before opening any upstream connection: the upstream receives no bytes.
+1. Refuse what must never reach an upstream (admission.py: faulty framing, a bad Host or version,
+   an oversized declared body; a request while draining) before opening any upstream connection:
+   the upstream receives no bytes. `OPTIONS *` is answered here; an absolute-form target is sent
+   as its path, with its authority as the host. (What only the raw bytes show: edge.py, wire.py.)
 2. Route (sticky split or override header, routing.py) and build the upstream headers (headers.py).
-3. Read the request body (body.py): buffered when small, so an LLM request can be inspected and
+3. Read the request body (body.py), after a `100 Continue` when the client asked for one:
+   buffered when small (chunked ones too, read ahead), so an LLM request can be inspected and
    a request refused at connect can be sent again; streamed with a byte count and a deadline
    otherwise.
 4. Send it on the role's exchange (exchange.py): its own keep-alive pool, its deadlines, the one
@@ -51,6 +54,7 @@ from canaryproxy.proxy.body import (
     MalformedBody,
     StreamedBody,
     read_small_body,
+    send_continue,
 )
 from canaryproxy.proxy.exchange import Body, Deadlines, Exchange, UpstreamResponse
 from canaryproxy.proxy.headers import (
@@ -104,16 +108,6 @@ def _acceptable_request_id(value: str | None) -> TypeGuard[str]:
         value is not None and 0 < len(value) <= 128 and value.isascii() and value.isprintable()
         and " " not in value
     )
-
-
-async def _send_continue(request: web.BaseRequest) -> None:
-    """Tell a client waiting on `Expect: 100-continue` to send its body (as nginx does, instead of
-    forwarding Expect: an upstream that never answers 100 would leave the body waiting). Only once
-    the request is accepted: a refused one gets its final status instead (RFC 9110 §10.1.1)."""
-    if request.version >= (1, 1):  # an HTTP/1.0 client cannot mean it (RFC 9110 §10.1.1)
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # aiohttp's own expect handler does the same: the response proper has not begun.
-        request.writer.output_size = 0
 
 
 def _cut_short(outcome: Outcome) -> bool:
@@ -314,7 +308,7 @@ class Forwarder:
             return None, None, None
         settings = self.settings
         if "Expect" in request.headers and not request.content.is_eof():
-            await _send_continue(request)
+            await send_continue(request)
         if content_length is not None and content_length <= settings.buffer_request_body:
             try:
                 body = await read_small_body(request, settings.client_body_timeout)
@@ -391,28 +385,22 @@ class Forwarder:
         outcome.error = streamed.error
         if streamed.malformed:
             outcome.status = 400
-            return error_response(
-                400, "bad_chunked_body", "the chunked request body is malformed",
-                role=outcome.role, served_by_header=self.settings.served_by_header,
-                request_id=outcome.request_id, close=True,
-            )
+            return self._client_error(outcome, 400, "bad_chunked_body",
+                                      "the chunked request body is malformed")
         if streamed.error is ErrorKind.BODY_TOO_LARGE:
-            return error_response(
-                413, "body_too_large",
-                f"request body is over the limit of {self.settings.max_request_body} bytes",
-                role=outcome.role, served_by_header=self.settings.served_by_header,
-                request_id=outcome.request_id, close=True,
-            )
+            return self._client_error(outcome, 413, "body_too_large", "request body is over the "
+                                      f"limit of {self.settings.max_request_body} bytes")
         return self._client_body_timeout(outcome)
 
     def _client_body_timeout(self, outcome: Outcome) -> web.Response:
         outcome.status = 408
-        return error_response(
-            408, "client_body_timeout",
-            f"the request body did not arrive within {self.settings.client_body_timeout:g}s",
-            role=outcome.role, served_by_header=self.settings.served_by_header,
-            request_id=outcome.request_id, close=True,
-        )
+        return self._client_error(outcome, 408, "client_body_timeout", "the request body did not "
+                                  f"arrive within {self.settings.client_body_timeout:g}s")
+
+    def _client_error(self, outcome: Outcome, status: int, code: str, message: str) -> web.Response:
+        return error_response(status, code, message, role=outcome.role, close=True,
+                              served_by_header=self.settings.served_by_header,
+                              request_id=outcome.request_id)
 
     def _finish(self, outcome: Outcome, path: str) -> None:
         try:

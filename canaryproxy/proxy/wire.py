@@ -27,7 +27,6 @@ from dataclasses import dataclass
 # token SP request-target SP HTTP-version (RFC 9112 §3): exactly one SP between the three.
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ([^\x00-\x20\x7f]+) HTTP/([0-9])\.[0-9]")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_FRAMING_INITIALS = b"cCtTuU"  # Content-Length, Transfer-Encoding, Upgrade
 
 _HEAD, _LENGTH, _CHUNK_LINE, _CHUNK_DATA, _TRAILERS, _OFF, _REFUSED = range(7)
 
@@ -148,42 +147,54 @@ class RequestFraming:
         return None
 
     def _head(self, head: bytes) -> tuple[int, str] | None:
+        # Written for the usual head (a few hundred bytes): whole-head C-level scans, no loop over
+        # its lines unless it is long enough for one of them to be over a limit.
         limits = self._limits
-        lines = head.split(b"\r\n")
-        match = _REQUEST_LINE.fullmatch(lines[0])
+        line_end = head.find(b"\r\n")
+        match = _REQUEST_LINE.fullmatch(head if line_end < 0 else head[:line_end])
         if match is None:
-            if len(lines[0]) > limits.max_line + 32:
+            if (len(head) if line_end < 0 else line_end) > limits.max_line + 32:
                 return 414, "request line too long"
             return 400, "malformed request line"
         if len(match.group(1)) > limits.max_line:
             return 414, "request target too long"
         if match.group(2) != b"1":
             return 505, "only HTTP/1.0 and HTTP/1.1 are served here"
-        if len(lines) - 1 > limits.max_headers:
+        if line_end < 0:
+            self._state = _HEAD
+            return None
+        if head.count(b"\r\n") > limits.max_headers:
             return 431, "too many header fields"
-        length: int | None = None
-        chunked = switching = False
-        for line in lines[1:]:
-            if len(line) > limits.max_field:
+        if len(head) - line_end > limits.max_field and self._long_field(head[line_end + 2:]):
+            return 431, "a header field is too large"
+        return self._framing(head[line_end:].lower(), head.startswith(b"CONNECT "))
+
+    def _long_field(self, fields: bytes) -> bool:
+        limit = self._limits.max_field
+        for line in fields.split(b"\r\n"):
+            if len(line) > limit:
                 name, _, value = line.partition(b":")
-                if len(name) + len(value.strip(b" \t")) > limits.max_field:
-                    return 431, "a header field is too large"
-            if line[:1] not in _FRAMING_INITIALS:
-                continue
-            lower = line[:18].lower()
-            if lower.startswith(b"content-length:"):
-                value = line[15:].strip(b" \t")
-                if length is not None or not value.isdigit():
-                    self._state = _OFF  # duplicate or unparsable: llhttp refuses it
-                    return None
-                length = int(value)
-            elif lower.startswith(b"transfer-encoding:"):
-                chunked = True  # llhttp refuses any request TE whose last coding is not chunked
-            elif lower.startswith(b"upgrade:"):
-                switching = True
-        if switching or lines[0].startswith(b"CONNECT ") or (chunked and length is not None):
-            self._state = _OFF  # another protocol may follow, or llhttp refuses the framing
+                if len(name) + len(value.strip(b" \t")) > limit:
+                    return True
+        return False
+
+    def _framing(self, fields: bytes, connect: bool) -> None:
+        """Where the body ends, from the lower-cased field lines (each after a CRLF)."""
+        chunked = fields.find(b"\r\ntransfer-encoding:") >= 0
+        at = fields.find(b"\r\ncontent-length:")
+        length: int | None = None
+        if at >= 0:
+            value_end = fields.find(b"\r\n", at + 17)
+            value = fields[at + 17: value_end if value_end >= 0 else len(fields)].strip(b" \t")
+            if not value.isdigit() or fields.find(b"\r\ncontent-length:", at + 17) >= 0:
+                self._state = _OFF  # unparsable or repeated: llhttp refuses it
+                return None
+            length = int(value)
+        if connect or (chunked and length is not None) or fields.find(b"\r\nupgrade:") >= 0:
+            # Another protocol may follow, or llhttp refuses the framing (CL with TE).
+            self._state = _OFF
         elif chunked:
+            # llhttp refuses any request TE whose last coding is not chunked.
             self._state = _CHUNK_LINE
         elif length:
             self._state, self._remaining = _LENGTH, length
