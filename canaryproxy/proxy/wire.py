@@ -103,6 +103,10 @@ class RequestFraming:
                 return data[pos:at], at + len(marker)
             buf += data[pos:]
             return None
+        if state == _HEAD and buf == b"\r" and data.startswith(b"\n", pos):
+            # An empty line before the request, split between reads: skip it, start again.
+            buf.clear()
+            return self._line_or_section(data, pos + 1, state)
         kept = len(buf)
         buf += data[pos:]
         at = buf.find(marker, max(0, kept - len(marker) + 1))
@@ -120,14 +124,18 @@ class RequestFraming:
             if len(buf) > limits.max_chunk_line:
                 return self._refuse((400, "chunk-size line (with extensions) too long"), state)
             return None
-        first_end = buf.find(b"\r\n")
-        if state == _HEAD and first_end < 0:
+        if state == _TRAILERS:
+            if len(buf) > limits.max_field + 2:
+                return self._refuse((431, "trailer fields too large"), state)
+            return None
+        if buf.find(b"\r\n") < 0:
             if len(buf) > limits.max_line + 32:  # room for the method and version
                 return self._refuse((414, "request line too long"), state)
             return None
-        last_line = len(buf) - buf.rfind(b"\r\n") - 2
-        if last_line > limits.max_field + 2 or buf.count(b"\r\n") > limits.max_headers + 1:
-            return self._refuse((431, "request header fields too large"), state)
+        if buf.count(b"\r\n") > limits.max_headers + 1:
+            return self._refuse((431, "too many header fields"), state)
+        if len(buf) - buf.rfind(b"\r\n") - 2 > limits.max_field + 2:
+            return self._refuse((431, "a header field is too large"), state)
         return None
 
     def _refuse(self, verdict: tuple[int, str], state: int) -> Refusal:
@@ -157,7 +165,7 @@ class RequestFraming:
                 return 414, "request line too long"
             return 400, "malformed request line"
         if len(match.group(1)) > limits.max_line:
-            return 414, "request target too long"
+            return 414, "request line too long"
         if match.group(2) != b"1":
             return 505, "only HTTP/1.0 and HTTP/1.1 are served here"
         if line_end < 0:
