@@ -43,31 +43,12 @@ from canaryproxy.core.types import FanOutSink, OutcomeSink
 from canaryproxy.core.window import Windows
 from canaryproxy.errors import StartupError
 from canaryproxy.exporter import Exporter, Totals
+from canaryproxy.proxy.edge import EdgeServer
 from canaryproxy.proxy.forward import Forwarder
 from canaryproxy.proxy.headers import TrustedProxies
 from canaryproxy.proxy.routing import Router
 
 log = logging.getLogger("canaryproxy")
-
-
-class QuietMalformedRequests(logging.Filter):
-    """aiohttp logs every malformed request as an ERROR with a traceback. At a proxy's front door
-    they are routine (scanners, broken clients) and already answered with 400: log one INFO line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from aiohttp.http_exceptions import HttpProcessingError
-
-        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
-            error = record.exc_info[1]
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "rejected a malformed request: %s", (
-                str(getattr(error, "message", error)).strip().splitlines()[0],)
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-_quiet_filter = QuietMalformedRequests()
 
 
 def require_c_parser() -> None:
@@ -210,12 +191,13 @@ class CanaryProxy:
 
     async def start(self) -> None:
         require_c_parser()
-        logging.getLogger("aiohttp.server").addFilter(_quiet_filter)
         config = self.config
         await self.forwarder.start()
         control = self.control
 
-        server = web.Server(
+        # EdgeServer: aiohttp's server, refusing what its parser lets through, and logging
+        # client-caused errors as one rate-limited line (proxy/edge.py).
+        server = EdgeServer(
             self.forwarder,
             # A client that leaves must cancel its upstream request at once, not at the next write.
             handler_cancellation=True,

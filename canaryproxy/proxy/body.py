@@ -25,41 +25,84 @@ class BodyTooLarge(Exception):
     """Raised into the upstream send when a streamed body passes the limit."""
 
 
-class StreamedBody:
-    """A request body streamed upstream, and what went wrong with it (read after the send ends:
-    aiohttp may report the failure of the body it was sending as an upstream error)."""
+class MalformedBody(Exception):
+    """Set on the request stream when its chunked framing was refused (edge.py)."""
 
-    __slots__ = ("error", "bytes", "_request", "_limit", "_timeout")
+
+class StreamedBody:
+    """A body without a declared length (chunked) or too large to buffer, and what went wrong
+    with it (read after the send ends: aiohttp may report the failure of the body it was sending
+    as an upstream error).
+
+    `buffer(size)` reads ahead before any upstream is contacted (nginx's request buffering): a
+    chunked body that ends within `size` bytes is sent whole, and one refused within them
+    (too large, too slow, malformed) costs the upstream nothing. One deadline bounds the whole
+    body, from the first read to the last; `close()` ends it.
+    """
+
+    __slots__ = ("error", "malformed", "bytes", "_request", "_limit", "_timeout", "_timer",
+                 "_ahead")
 
     def __init__(self, request: web.BaseRequest, limit: int, timeout: float) -> None:
         self.error: ErrorKind | None = None
+        self.malformed = False
         self.bytes = 0
         self._request = request
         self._limit = limit
         self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._ahead: list[bytes] = []
+
+    async def _read(self) -> bytes:
+        """The next piece of the body (b"" at its end), counted against the limit."""
+        content = self._request.content
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._timeout, content.set_exception, ClientBodyTimeout()
+            )
+        try:
+            chunk = await content.readany()
+        except ClientBodyTimeout:
+            self.error = ErrorKind.CLIENT_BODY_TIMEOUT
+            raise
+        except MalformedBody:
+            # Not the upstream's doing, and the connection is closed on it.
+            self.error, self.malformed = ErrorKind.CLIENT_DISCONNECT, True
+            raise
+        self.bytes += len(chunk)
+        if self.bytes > self._limit:
+            self.error = ErrorKind.BODY_TOO_LARGE
+            raise BodyTooLarge()
+        return chunk
+
+    async def buffer(self, size: int) -> bytes | None:
+        """The whole body when it ends within `size` bytes; otherwise None, and what was read
+        is sent first by `chunks()`."""
+        ahead = self._ahead
+        total = 0
+        while total <= size:
+            chunk = await self._read()
+            if not chunk:
+                self.close()
+                return b"".join(ahead)
+            ahead.append(chunk)
+            total += len(chunk)
+        return None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body chunk by chunk, counting bytes against the limit, within the deadline."""
-        content = self._request.content
-        timer = asyncio.get_running_loop().call_later(
-            self._timeout, content.set_exception, ClientBodyTimeout()
-        )
         try:
-            while True:
-                try:
-                    chunk = await content.readany()
-                except ClientBodyTimeout:
-                    self.error = ErrorKind.CLIENT_BODY_TIMEOUT
-                    raise
-                if not chunk:
-                    return
-                self.bytes += len(chunk)
-                if self.bytes > self._limit:
-                    self.error = ErrorKind.BODY_TOO_LARGE
-                    raise BodyTooLarge()
+            for chunk in self._ahead:
+                yield chunk
+            self._ahead = []
+            while chunk := await self._read():
                 yield chunk
         finally:
-            timer.cancel()
+            self.close()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 async def read_small_body(request: web.BaseRequest, timeout: float) -> bytes:
@@ -76,3 +119,13 @@ async def read_small_body(request: web.BaseRequest, timeout: float) -> bytes:
         return await content.read()
     finally:
         timer.cancel()
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Tell a client waiting on `Expect: 100-continue` to send its body (as nginx does, instead of
+    forwarding Expect: an upstream that never answers 100 would leave the body waiting). Only once
+    the request is accepted: a refused one gets its final status instead (RFC 9110 §10.1.1)."""
+    if request.version >= (1, 1):  # an HTTP/1.0 client cannot mean it (RFC 9110 §10.1.1)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # aiohttp's own expect handler does the same: the response proper has not begun.
+        request.writer.output_size = 0

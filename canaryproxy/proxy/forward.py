@@ -2,10 +2,13 @@
 
 The order of events and why:
 
-1. Refuse what must never reach an upstream (faulty framing, an oversized declared body, a request
-   while draining) before opening any upstream connection: the upstream receives no bytes.
+1. Refuse what must never reach an upstream (admission.py: faulty framing, a bad Host or version,
+   an oversized declared body; a request while draining) before opening any upstream connection:
+   the upstream receives no bytes. `OPTIONS *` is answered here; an absolute-form target is sent
+   as its path, with its authority as the host. (What only the raw bytes show: edge.py, wire.py.)
 2. Route (sticky split or override header, routing.py) and build the upstream headers (headers.py).
-3. Read the request body (body.py): buffered when small, so an LLM request can be inspected and
+3. Read the request body (body.py), after a `100 Continue` when the client asked for one:
+   buffered when small (chunked ones too, read ahead), so an LLM request can be inspected and
    a request refused at connect can be sent again; streamed with a byte count and a deadline
    otherwise.
 4. Send it on the role's exchange (exchange.py): its own keep-alive pool, its deadlines, the one
@@ -29,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, OutcomeSink, Role
 from canaryproxy.errors import UpstreamError
@@ -44,11 +46,15 @@ from canaryproxy.inspection import (
     read_request,
 )
 from canaryproxy.proxy.accesslog import AccessLog
+from canaryproxy.proxy import admission
+from canaryproxy.proxy.admission import Refused, Target
 from canaryproxy.proxy.body import (
     BodyTooLarge,
     ClientBodyTimeout,
+    MalformedBody,
     StreamedBody,
     read_small_body,
+    send_continue,
 )
 from canaryproxy.proxy.exchange import Body, Deadlines, Exchange, UpstreamResponse
 from canaryproxy.proxy.headers import (
@@ -66,6 +72,9 @@ from canaryproxy.proxy.routing import Router
 log = logging.getLogger("canaryproxy.proxy")
 
 _random_bits = random.Random().getrandbits
+
+# What `OPTIONS *` answers: the methods the proxy forwards (any method reaches the upstream).
+_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 _TIMEOUTS = frozenset({ErrorKind.CONNECT_TIMEOUT, ErrorKind.FIRST_BYTE_TIMEOUT})  # 504, not 502
 
@@ -181,9 +190,9 @@ class Forwarder:
         if not _acceptable_request_id(request_id):
             request_id = new_request_id()
         content_length = request.content_length
-        refusal = self._refuse(request, request_id, content_length)
-        if refusal is not None:
-            return refusal
+        target = self._admit(request, request_id, content_length)
+        if isinstance(target, web.Response):
+            return target
 
         route = self.router.route(request)
         outcome = Outcome(
@@ -201,7 +210,7 @@ class Forwarder:
         inspection = Inspection() if api else None
         self.in_flight += 1
         try:
-            return await self._forward(request, outcome, content_length, api, inspection)
+            return await self._forward(request, outcome, content_length, api, inspection, target)
         except asyncio.CancelledError:
             if outcome.error is None:
                 outcome.error = ErrorKind.SHUTDOWN if self.draining else ErrorKind.CLIENT_DISCONNECT
@@ -217,42 +226,28 @@ class Forwarder:
             if self._drained is not None and self.in_flight == 0:
                 self._drained.set()
 
-    def _refuse(
+    def _admit(
         self, request: web.BaseRequest, request_id: str, content_length: int | None
-    ) -> web.Response | None:
-        """The answer to a request that must not reach an upstream, or None."""
+    ) -> web.Response | Target | None:
+        """The answer to a request that must not reach an upstream (or that the proxy answers
+        itself), else where it goes (None: where it says, the usual case); see admission.py."""
         if self.draining:
             return error_response(
                 503, "draining", "canaryproxy is shutting down; retry on another replica",
                 request_id=request_id, retry_after=1, close=True,
             )
-        headers = request.headers
-        has_te = "Transfer-Encoding" in headers
-        if has_te and request.version < HttpVersion11:
-            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
-            return error_response(
-                400, "bad_framing", "Transfer-Encoding is not allowed on an HTTP/1.0 request",
-                request_id=request_id, close=True,
-            )
-        if "Upgrade" in headers and (has_te or (content_length or 0) > 0):
-            return error_response(
-                400, "bad_framing", "an Upgrade request must not carry a body",
-                request_id=request_id, close=True,
-            )
-        limit = self.settings.max_request_body
-        if content_length is not None and content_length > limit:
-            return error_response(
-                413, "body_too_large",
-                f"request body of {content_length} bytes is over the limit of {limit} bytes",
-                request_id=request_id, close=True,
-            )
-        if not request.raw_path.startswith("/"):
-            return error_response(
-                400, "bad_request_target",
-                "only origin-form request targets (/path?query) are forwarded",
-                request_id=request_id, close=True,
-            )
-        return None
+        verdict = admission.check(
+            request.method, request.raw_path, request.version, request.headers, content_length,
+            self.settings.max_request_body,
+        )
+        if verdict is None or type(verdict) is Target and verdict.path != "*":
+            return verdict
+        if isinstance(verdict, Refused):
+            return error_response(verdict.status, verdict.code, verdict.message,
+                                  request_id=request_id, close=True)
+        # OPTIONS *: a question about the server, not a resource. The proxy is the server the
+        # client sees, and routing it by the split would answer for one version at random.
+        return web.Response(status=200, headers={"Allow": _ALLOW, X_REQUEST_ID: request_id})
 
     async def _forward(
         self,
@@ -261,14 +256,60 @@ class Forwarder:
         content_length: int | None,
         api: str,
         inspection: Inspection | None,
+        target: Target | None,
     ) -> web.StreamResponse:
         settings = self.settings
-        facts: RequestFacts | None = None
         streamed: StreamedBody | None = None
-        body: Body
+        try:
+            read = await self._read_body(request, outcome, content_length, api)
+            if isinstance(read, web.Response):
+                return read
+            body, facts, streamed = read
+            up_headers = upstream_request_headers(
+                request.headers,
+                peer=request.remote,
+                scheme=request.scheme,
+                trusted=self.trusted.trusts(request.remote),
+                request_id=outcome.request_id,
+                host=target.host if target is not None else None,
+            )
+            if isinstance(body, bytes):
+                # aiohttp sets the length of a bytes body itself (it may have been rewritten).
+                up_headers.popall(CONTENT_LENGTH, None)
+            if facts is not None and settings.identity_encoding:
+                up_headers[ACCEPT_ENCODING] = "identity"
+
+            exchange = self.exchanges[outcome.role]
+            path = target.path if target is not None else request.raw_path
+            try:
+                upstream = await exchange.send(request.method, path, up_headers, body)
+            except UpstreamError as error:
+                # A streamed body that failed on the client's side may surface as an upstream error.
+                if streamed is None or streamed.error is None:
+                    return self._upstream_failure(outcome, error)
+            except (BodyTooLarge, ClientBodyTimeout, MalformedBody):
+                pass  # reported by `streamed` below
+            else:
+                if streamed is None or streamed.error is None:
+                    return await self._respond(request, outcome, upstream, facts, inspection)
+                upstream.close()
+            assert streamed is not None  # only a streamed body fails while it is being sent
+            return self._body_failure(outcome, streamed)
+        finally:
+            if streamed is not None:
+                streamed.close()
+
+    async def _read_body(
+        self, request: web.BaseRequest, outcome: Outcome, content_length: int | None, api: str
+    ) -> tuple[Body, RequestFacts | None, StreamedBody | None] | web.Response:
+        """The body to send: None, bytes (small, or a chunked body that ended within the
+        buffering limit) or a stream; or the answer when the client's body failed first."""
         if not request.body_exists:
-            body = None
-        elif content_length is not None and content_length <= settings.buffer_request_body:
+            return None, None, None
+        settings = self.settings
+        if "Expect" in request.headers and not request.content.is_eof():
+            await send_continue(request)
+        if content_length is not None and content_length <= settings.buffer_request_body:
             try:
                 body = await read_small_body(request, settings.client_body_timeout)
             except ClientBodyTimeout:
@@ -277,38 +318,20 @@ class Forwarder:
             outcome.bytes_in = len(body)
             if api and self.inspection is not None:
                 body, facts = read_request(request.path, body, self.inspection, api)
-        else:
-            streamed = StreamedBody(request, settings.max_request_body, settings.client_body_timeout)
-            body = streamed.chunks()
-
-        up_headers = upstream_request_headers(
-            request.headers,
-            peer=request.remote,
-            scheme=request.scheme,
-            trusted=self.trusted.trusts(request.remote),
-            request_id=outcome.request_id,
-        )
-        if isinstance(body, bytes):
-            # aiohttp sets the length of a bytes body itself (it may have been rewritten).
-            up_headers.popall(CONTENT_LENGTH, None)
-        if facts is not None and settings.identity_encoding:
-            up_headers[ACCEPT_ENCODING] = "identity"
-
-        exchange = self.exchanges[outcome.role]
-        try:
-            upstream = await exchange.send(request.method, request.raw_path, up_headers, body)
-        except UpstreamError as error:
-            # A streamed body that failed on the client's side may surface as an upstream error.
-            if streamed is None or streamed.error is None:
-                return self._upstream_failure(outcome, error)
-        except (BodyTooLarge, ClientBodyTimeout):
-            pass  # reported by `streamed` below
-        else:
-            if streamed is None or streamed.error is None:
-                return await self._respond(request, outcome, upstream, facts, inspection)
-            upstream.close()
-        assert streamed is not None  # only a streamed body fails while it is being sent
-        return self._body_failure(outcome, streamed)
+                return body, facts, None
+            return body, None, None
+        streamed = StreamedBody(request, settings.max_request_body, settings.client_body_timeout)
+        if content_length is None:
+            # Chunked: read ahead, so a body that is refused early never reaches an upstream.
+            try:
+                whole = await streamed.buffer(settings.buffer_request_body)
+            except (BodyTooLarge, ClientBodyTimeout, MalformedBody):
+                streamed.close()
+                return self._body_failure(outcome, streamed)
+            if whole is not None:
+                outcome.bytes_in = len(whole)
+                return whole, None, None
+        return streamed.chunks(), None, streamed
 
     def _respond(
         self,
@@ -357,26 +380,27 @@ class Forwarder:
         )
 
     def _body_failure(self, outcome: Outcome, streamed: StreamedBody) -> web.Response:
-        """The client's streamed body was too large or too slow."""
+        """The client's streamed body was too large, too slow or malformed."""
         outcome.bytes_in = streamed.bytes
         outcome.error = streamed.error
+        if streamed.malformed:
+            outcome.status = 400
+            return self._client_error(outcome, 400, "bad_chunked_body",
+                                      "the chunked request body is malformed")
         if streamed.error is ErrorKind.BODY_TOO_LARGE:
-            return error_response(
-                413, "body_too_large",
-                f"request body is over the limit of {self.settings.max_request_body} bytes",
-                role=outcome.role, served_by_header=self.settings.served_by_header,
-                request_id=outcome.request_id, close=True,
-            )
+            return self._client_error(outcome, 413, "body_too_large", "request body is over the "
+                                      f"limit of {self.settings.max_request_body} bytes")
         return self._client_body_timeout(outcome)
 
     def _client_body_timeout(self, outcome: Outcome) -> web.Response:
         outcome.status = 408
-        return error_response(
-            408, "client_body_timeout",
-            f"the request body did not arrive within {self.settings.client_body_timeout:g}s",
-            role=outcome.role, served_by_header=self.settings.served_by_header,
-            request_id=outcome.request_id, close=True,
-        )
+        return self._client_error(outcome, 408, "client_body_timeout", "the request body did not "
+                                  f"arrive within {self.settings.client_body_timeout:g}s")
+
+    def _client_error(self, outcome: Outcome, status: int, code: str, message: str) -> web.Response:
+        return error_response(status, code, message, role=outcome.role, close=True,
+                              served_by_header=self.settings.served_by_header,
+                              request_id=outcome.request_id)
 
     def _finish(self, outcome: Outcome, path: str) -> None:
         try:

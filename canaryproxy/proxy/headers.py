@@ -5,7 +5,9 @@ as-is would send the client's `Host`, every header it named in `Connection`, `Ke
 `Proxy-Authorization` and a spoofed `X-Forwarded-For` upstream. Here we:
 
 1. drop the hop-by-hop headers and every header named in `Connection`;
-2. drop the client's `Host` (the upstream gets its own, from the upstream URL);
+2. drop the client's `Host` (the upstream gets its own, from the upstream URL) and `Expect` (the
+   proxy answers `100-continue` itself, as nginx does: an upstream that never sends 100 would
+   leave the request hanging);
 3. only then set `X-Forwarded-For/-Proto/-Host`, so a client cannot name them in `Connection` to
    delete ours; client-supplied values survive only from `trusted_proxies`.
 """
@@ -43,6 +45,9 @@ X_FORWARDED_HOST = istr("X-Forwarded-Host")
 X_REQUEST_ID = istr("X-Request-Id")
 FORWARDED = istr("Forwarded")
 X_REAL_IP = istr("X-Real-IP")
+
+# Request headers that stay here: hop-by-hop, Host (the upstream URL gives its own) and Expect.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect"}
 
 # Headers that describe the client to the upstream: from an untrusted peer they are lies.
 _CLIENT_CLAIMS = frozenset(
@@ -96,19 +101,22 @@ def upstream_request_headers(
     scheme: str,
     trusted: bool,
     request_id: str,
+    host: str | None = None,
 ) -> CIMultiDict[str]:
-    """The headers to send upstream for a client request."""
+    """The headers to send upstream for a client request. `host` is the host the client
+    addressed when it was not its Host header (an absolute-form target, RFC 9112 §3.2.2)."""
     drop = _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in drop or lower == "host":
+        if lower in _NOT_FORWARDED or lower in drop:
             continue
         if not trusted and lower in _CLIENT_CLAIMS:
             continue
         out.add(name, value)
 
-    host = incoming.get(HOST)
+    if host is None:
+        host = incoming.get(HOST)
     if trusted:
         previous = out.get(X_FORWARDED_FOR)
         if peer:

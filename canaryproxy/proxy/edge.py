@@ -1,0 +1,104 @@
+"""The data plane's HTTP server: aiohttp's low-level server, with the front door a proxy needs.
+
+aiohttp's `RequestHandler` (the protocol of one connection) is kept, with three changes:
+
+1. Every read goes through `RequestFraming` (wire.py) before llhttp, which refuses what llhttp
+   lets through and answers its limits with 414/431/505 instead of 400. A refused head becomes an
+   error message in aiohttp's own queue (answered in order, after the requests before it, and the
+   connection closed); a refused chunk fails the body its handler is reading (`MalformedBody`).
+2. Client-caused errors (a malformed request, a body that timed out, a client that hung up) are
+   logged as one rate-limited line (logs.py) instead of an ERROR with a traceback; anything else
+   keeps aiohttp's logging, traceback included.
+3. Nothing else: keep-alive, pipelining, flow control and lingering close are aiohttp's.
+
+The private names used (`_ErrInfo`, `_messages`, `_waiter`, `_request_count`) are aiohttp 3.14's;
+tests/proxy/test_corpus.py checks the behaviour end to end, so an aiohttp upgrade that moves them
+fails there, not in production.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from canaryproxy.proxy.body import MalformedBody
+from canaryproxy.proxy.logs import RateLimitedLog, client_error_kind, describe
+from canaryproxy.proxy.wire import Refusal, RequestFraming, WireLimits
+
+log = logging.getLogger("canaryproxy.proxy.client")
+
+
+class EdgeRequestHandler(RequestHandler):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._framing = RequestFraming(manager.wire_limits)
+        self._client_errors = manager.client_errors
+        self._last_payload: StreamReader | None = None  # the body llhttp is filling, if any
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        framing = self._framing
+        if not framing.off:
+            refusal = framing.feed(data)
+            if refusal is not None:
+                self._refuse(data, refusal)
+                return
+        super().data_received(data)
+        if self._messages:
+            self._last_payload = self._messages[-1][1]
+
+    def _refuse(self, data: bytes, refusal: Refusal) -> None:
+        self._refused = True
+        if refusal.offset:
+            super().data_received(data[: refusal.offset])  # the acceptable requests before it
+            if self._messages:
+                self._last_payload = self._messages[-1][1]
+        if refusal.in_body:
+            # The head was accepted: fail the body being read; its handler answers 400.
+            if self._last_payload is not None and not self._last_payload.is_eof():
+                self._last_payload.set_exception(MalformedBody(refusal.reason))
+            else:
+                self.close()
+            return
+        self._request_count += 1
+        error = BadHttpMessage(refusal.reason)
+        self._messages.append((_ErrInfo(status=refusal.status, exc=error, message=refusal.reason),
+                               EMPTY_PAYLOAD))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        kind = client_error_kind(error if isinstance(error, BaseException) else None)
+        if kind is None:
+            super().log_exception(*args, **kwargs)
+            return
+        assert isinstance(error, BaseException)
+        peer = self.peername
+        where = peer[0] if isinstance(peer, tuple) else "?"
+        self._client_errors.note(kind, f"{describe(error)} (from {where})")
+
+
+class EdgeServer(web.Server):
+    """`web.Server` making `EdgeRequestHandler`s; the limits go to llhttp and to the follower."""
+
+    def __init__(self, handler: Any, *, client_errors: RateLimitedLog | None = None,
+                 max_line_size: int = 8190, max_field_size: int = 8190, max_headers: int = 128,
+                 **kwargs: Any) -> None:
+        super().__init__(handler, max_line_size=max_line_size, max_field_size=max_field_size,
+                         max_headers=max_headers, **kwargs)
+        self.wire_limits = WireLimits(max_line_size, max_field_size, max_headers)
+        self.client_errors = client_errors or RateLimitedLog(lambda line: log.warning("%s", line))
+
+    def __call__(self) -> RequestHandler:
+        return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
