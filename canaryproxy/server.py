@@ -139,8 +139,10 @@ def build_control_plane(config: Config, data: DataPlane, feed: OutcomeFeed, cloc
             alerter, DecisionRecord(), clock, rollout.evaluate_every, autostart=rollout.autostart,
         )
     registry = CollectorRegistry()
+    exchanges = data.forwarder.exchanges
     registry.register(Exporter(data.totals, lambda: data.splitter.weight,
-                               controller.readout if controller is not None else None))
+                               controller.readout if controller is not None else None,
+                               retries=lambda: {role: e.retries for role, e in exchanges.items()}))
     admin = AdminAPI(
         controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
         config.admin.token, AuditLog(settings.audit_path(config)), evidence.windows, clock,
