@@ -119,6 +119,10 @@ class Relay:
             return response
         except asyncio.CancelledError:
             upstream.close()
+            if guard is not None and guard.fired:
+                # The reset cancels this handler (handler_cancellation) before the pending write
+                # fails: the client was thrown out for not reading, it did not leave.
+                outcome.error = ErrorKind.CLIENT_WRITE_TIMEOUT
             raise
         finally:
             outcome.bytes_out = sent
