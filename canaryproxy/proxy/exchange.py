@@ -11,15 +11,16 @@ connection, so the same request can be sent to a second upstream through a secon
   upstream's own idle timeout (uvicorn, and so vLLM, closes after 5 s): a request sent on a
   connection the upstream is closing at that moment is lost.
 * At most one retry, on the same upstream, and only of a request whose body is buffered (or
-  absent) and that cannot have been applied twice:
+  absent), when sending it again does no harm:
   - refused at connect: no byte reached the upstream;
-  - the connection had carried a response before (it came from the pool) and closed before any
-    byte of this response, and the method is safe (GET, HEAD, OPTIONS, TRACE) or the request
-    carries an `Idempotency-Key`: what Go's transport retries (`shouldRetryRequest`). The upstream
-    may have read such a request, so anything else is not sent again (RFC 9110 §9.2.2: "A proxy
-    MUST NOT automatically retry non-idempotent requests"), nor is a request that failed on a
-    fresh connection (the upstream hung up on it, not on an idle connection), nor one that got
-    part of a response.
+  - a pooled connection (it had carried a response) closed before any byte of this response, and
+    the method is safe (GET, HEAD, OPTIONS, TRACE) or the request carries an `Idempotency-Key`:
+    what Go's transport retries (`shouldRetryRequest`, `isReplayable`). On the wire a stale
+    connection looks exactly like an upstream that read the request and then hung up, so it may
+    have started on it: nothing else is sent again (RFC 9110 §9.2.2: "A proxy MUST NOT
+    automatically retry non-idempotent requests"), nor a request that failed on a fresh
+    connection (the upstream hung up on that request, not on an idle connection), nor one that
+    got part of a response.
   aiohttp's own retry (any idempotent method, fresh connection or not, partial response or not)
   never sees a failure: `_PooledResponse` reports it as `_NoResponse`.
 * Every failure is one `UpstreamError` whose `kind` says what happened; exceptions that are not the

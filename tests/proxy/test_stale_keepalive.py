@@ -197,15 +197,18 @@ async def test_a_request_read_on_a_fresh_connection_then_dropped_is_502_and_neve
     upstream = await upstream_factory(answer=0, then="read_and_close")
     proxy = await make_proxy(stable_url=upstream.url)
     async with aiohttp.ClientSession() as client:
+        body = b"x" if method == "POST" else None
         for i in range(3):
-            assert await send(client, proxy, method, f"/r/{i}", data=b"x" if method == "POST" else None) == 502
+            assert await send(client, proxy, method, f"/r/{i}", data=body) == 502
     assert upstream.read == ["/r/0", "/r/1", "/r/2"]  # one receipt per request
     assert upstream.connections == 3
     assert [o.error.value for o in proxy.test_sink.outcomes] == ["reset"] * 3
     assert await stale_retries(proxy) == 0
 
 
-async def test_a_post_read_on_a_pooled_connection_then_dropped_is_not_resent(make_proxy, upstream_factory):
+async def test_a_post_read_on_a_pooled_connection_then_dropped_is_not_resent(
+    make_proxy, upstream_factory
+):
     # Indistinguishable, on the wire, from a stale connection: the upstream may have started on it.
     upstream = await upstream_factory(answer=1, then="read_and_close")
     proxy = await make_proxy(stable_url=upstream.url)
@@ -232,7 +235,9 @@ async def test_a_safe_request_is_sent_a_second_time_at_most(make_proxy, upstream
 
 
 @pytest.mark.parametrize("answer", [0, 1], ids=["fresh-connection", "pooled-connection"])
-async def test_part_of_a_response_then_a_close_is_502_and_never_resent(make_proxy, upstream_factory, answer):
+async def test_part_of_a_response_then_a_close_is_502_and_never_resent(
+    make_proxy, upstream_factory, answer
+):
     upstream = await upstream_factory(answer=answer, then="partial")
     proxy = await make_proxy(stable_url=upstream.url)
     async with aiohttp.ClientSession() as client:
@@ -243,7 +248,9 @@ async def test_part_of_a_response_then_a_close_is_502_and_never_resent(make_prox
     assert await stale_retries(proxy) == 0
 
 
-async def test_idle_connections_are_dropped_before_the_upstream_drops_them(make_proxy, upstream_factory):
+async def test_idle_connections_are_dropped_before_the_upstream_drops_them(
+    make_proxy, upstream_factory
+):
     # The upstream closes connections idle for 0.4 s (uvicorn: 5 s); a proxy keeping them longer
     # sends a request into that close, and a POST cannot be retried.
     upstream = await upstream_factory(idle_close=0.4)
