@@ -8,12 +8,13 @@ into metric families when Prometheus scrapes; the registry is passed in, so each
 fresh one. Metric families are built here only (the admin listener serves them).
 
 Label values are bounded: version ∈ {stable, canary}; status class; error kind (an enum);
-guardrail source (fixed names plus the rule names in the config).
+guardrail source (fixed names plus the rule names in the config); retry reason (fixed names).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Mapping
 from typing import Callable, Iterator
 
 from prometheus_client.core import (
@@ -97,7 +98,9 @@ class Exporter(Collector):
     """Builds the metric families at scrape time from the totals and the live state.
 
     `rollout` reads the rollout's state for its gauges (stage, phase, rollbacks, rule statuses);
-    None without a rollout.
+    None without a rollout. `retries` reads the requests each version's upstream was sent a second
+    time, by reason (the exchanges count them: a retried request that succeeded is no failure, and
+    leaves no other trace in the totals).
     """
 
     def __init__(
@@ -105,10 +108,12 @@ class Exporter(Collector):
         totals: Totals,
         weight: Callable[[], float],
         rollout: Callable[[], Readout] | None = None,
+        retries: Callable[[], Mapping[Role, Mapping[str, int]]] | None = None,
     ) -> None:
         self._totals = totals
         self._weight = weight
         self._rollout = rollout
+        self._retries = retries
 
     def describe(self) -> list[Metric]:
         # Describing by collecting is cheap here and keeps names in one place.
@@ -169,11 +174,25 @@ class Exporter(Collector):
                 family.add_metric([version], histogram.family_buckets(), histogram.total)
         yield from (requests, errors, truncated, schema_checks, schema_failures, guardrails, tokens,
                     cost, duration, ttft, length)
+        if self._retries is not None:
+            yield retry_family(self._retries())
         yield GaugeMetricFamily(
             "canaryproxy_canary_weight", "Share of traffic routed to the canary, in percent.",
             value=self._weight())
         if self._rollout is not None:
             yield from rollout_families(self._rollout())
+
+
+def retry_family(retries: Mapping[Role, Mapping[str, int]]) -> Metric:
+    family = CounterMetricFamily(
+        "canaryproxy_upstream_retries", "Requests sent to the upstream a second time, by reason: "
+        "connect_refused (no byte had reached it), stale_connection (a pooled connection closed "
+        "before any byte of the response; safe methods and Idempotency-Key requests only).",
+        labels=["version", "reason"])
+    for role in _ROLES:
+        for reason, count in sorted(retries.get(role, {}).items()):
+            family.add_metric([role.value, reason], count)
+    return family
 
 
 def rollout_families(readout: Readout) -> Iterator[Metric]:

@@ -130,8 +130,10 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
             replication.join(shared, evidence, controller, clock)
             audit.publish = lambda entry: shared.history.publish("audit", entry)
             registry.register(replication.CoordinationCollector(shared, follower))
+    exchanges = data.forwarder.exchanges
     registry.register(Exporter(data.totals, lambda: data.splitter.weight,
-                               controller.readout if controller is not None else None))
+                               controller.readout if controller is not None else None,
+                               retries=lambda: {role: e.retries for role, e in exchanges.items()}))
     admin = AdminAPI(
         controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
         config.admin.token, audit, evidence.windows, clock,

@@ -34,6 +34,7 @@ def proxy_settings(config: Config) -> ProxySettings:
         client_write_timeout=t.client_write,
         max_request_body=config.limits.max_request_body,
         upstream_connections=config.limits.upstream_connections,
+        upstream_keepalive=config.upstreams.keepalive,
         served_by_header=config.routing.served_by_header,
         access_log=config.access_log,
         identity_encoding=config.inspection.identity_encoding,

@@ -25,6 +25,9 @@ class AdminConfig(Strict):
 class UpstreamsConfig(Strict):
     stable: UpstreamUrl
     canary: UpstreamUrl
+    # Idle pooled connections are closed after this; keep it below the upstreams' own idle timeout
+    # (uvicorn, and so vLLM, closes after 5 s), or requests race their close.
+    keepalive: Duration = Field(default=4.0, gt=0)
 
 
 _STICKY = re.compile(r"(header|cookie|query):([!#$%&'*+.^_`|~0-9A-Za-z-]+)|client-ip")

@@ -7,9 +7,22 @@ connection, so the same request can be sent to a second upstream through a secon
 * No total timeout: a stream lasts minutes, and aiohttp's default (300 s) would kill it. A connect
   timeout (waiting for a pool slot counts against it), a first-byte deadline (prefill can be
   slow), then an idle deadline between body chunks from the first byte on.
-* A connection refused at connect is sent once more, on the same upstream, when the body is
-  buffered: no byte reached the upstream, and a buffered body can be sent again. A streamed body
-  may have been consumed, and anything that reached the upstream is never sent twice.
+* Pooled connections are dropped after `keepalive` idle seconds, which must stay below the
+  upstream's own idle timeout (uvicorn, and so vLLM, closes after 5 s): a request sent on a
+  connection the upstream is closing at that moment is lost.
+* At most one retry, on the same upstream, and only of a request whose body is buffered (or
+  absent), when sending it again does no harm:
+  - refused at connect: no byte reached the upstream;
+  - a pooled connection (it had carried a response) closed before any byte of this response, and
+    the method is safe (GET, HEAD, OPTIONS, TRACE) or the request carries an `Idempotency-Key`:
+    what Go's transport retries (`shouldRetryRequest`, `isReplayable`). On the wire a stale
+    connection looks exactly like an upstream that read the request and then hung up, so it may
+    have started on it: nothing else is sent again (RFC 9110 §9.2.2: "A proxy MUST NOT
+    automatically retry non-idempotent requests"), nor a request that failed on a fresh
+    connection (the upstream hung up on that request, not on an idle connection), nor one that
+    got part of a response.
+  aiohttp's own retry (any idempotent method, fresh connection or not, partial response or not)
+  never sees a failure: `_PooledResponse` reports it as `_NoResponse`.
 * Every failure is one `UpstreamError` whose `kind` says what happened; exceptions that are not the
   upstream's (a request body that failed on the client's side) pass through unchanged.
 
@@ -19,6 +32,8 @@ The body is read with `UpstreamResponse.read()` (or `async for`), which raises `
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
@@ -32,6 +47,19 @@ from canaryproxy.errors import UpstreamError
 # What can be sent: nothing, a buffered body (may be sent twice), or a stream (sent at most once).
 Body = bytes | AsyncIterable[bytes] | None
 
+log = logging.getLogger("canaryproxy.proxy")
+
+# Why a request was sent a second time: the labels of canaryproxy_upstream_retries_total.
+RETRY_CONNECT_REFUSED = "connect_refused"
+RETRY_STALE_CONNECTION = "stale_connection"
+RETRY_REASONS = (RETRY_CONNECT_REFUSED, RETRY_STALE_CONNECTION)
+
+# Methods whose requests can be replayed after a stale connection, as Go's `isReplayable` has them
+# (safe methods; PUT and DELETE are idempotent but not safe, and Go leaves them out too), and the
+# headers that make any request replayable (draft-ietf-httpapi-idempotency-key-header).
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_IDEMPOTENCY_KEYS = ("Idempotency-Key", "X-Idempotency-Key")
+
 # Targets repeat (a handful of API paths carry nearly all traffic): parsing the URL once per target
 # instead of once per request. Bounded, since query strings can make every target new.
 _URL_CACHE_SIZE = 256
@@ -44,10 +72,56 @@ class Deadlines:
     idle: float = 60.0  # any gap between body chunks after the first
 
 
+class _NoResponse(aiohttp.ClientConnectionError):
+    """The connection ended before a response head: what aiohttp raised (`cause`), and whether the
+    connection was a stale pooled one (it had carried a response, and no byte of this one came)."""
+
+    def __init__(self, cause: aiohttp.ClientConnectionError, stale: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.stale = stale
+
+
+# Connections (aiohttp's protocol objects) that have delivered a response head: one found here again
+# came from the pool. Weak, so a closed connection leaves by itself.
+_ANSWERED: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+class _PooledResponse(aiohttp.ClientResponse):
+    """aiohttp's response, telling a stale pooled connection from any other failure before the head.
+
+    aiohttp does not say whether a connection was reused, nor (for a reset) whether part of a
+    response had arrived; Go's transport does both (`isReused`, `nothingWrittenError`, the peek for
+    the first byte). A clean close with nothing parsed is `ServerDisconnectedError("Server
+    disconnected")`; after part of a head its message is the partial head instead."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        reused = protocol in _ANSWERED
+        try:
+            response = await super().start(connection)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            nothing_arrived = not isinstance(exc, aiohttp.ServerDisconnectedError) or isinstance(
+                exc.message, str
+            )
+            raise _NoResponse(exc, reused and nothing_arrived) from exc
+        _ANSWERED.add(protocol)
+        return response
+
+
+def replayable(method: str, headers: CIMultiDict[str], body: Body) -> bool:
+    """May this request be sent again after a stale connection lost it? (Go's `isReplayable`.)"""
+    if not (body is None or isinstance(body, bytes)):
+        return False  # a streamed body has been consumed
+    return method in _REPLAYABLE_METHODS or any(key in headers for key in _IDEMPOTENCY_KEYS)
+
+
 class Exchange:
     """One upstream and its keep-alive pool. `start()` inside the event loop before sending."""
 
-    __slots__ = ("role", "base", "deadlines", "_connections", "_keepalive", "_session", "_urls")
+    __slots__ = (
+        "role", "base", "deadlines", "retries", "_connections", "_keepalive", "_session", "_urls"
+    )
 
     def __init__(
         self,
@@ -56,11 +130,13 @@ class Exchange:
         deadlines: Deadlines,
         *,
         connections: int = 1000,
-        keepalive: float = 60.0,
+        keepalive: float = 4.0,
     ) -> None:
         self.role = role  # named in error messages
         self.base = base_url.rstrip("/")
         self.deadlines = deadlines
+        # Requests sent a second time, by reason (RETRY_REASONS); read by the exporter at scrape.
+        self.retries = dict.fromkeys(RETRY_REASONS, 0)
         self._connections = connections
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
@@ -76,6 +152,7 @@ class Exchange:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            response_class=_PooledResponse,
             # A proxy passes bytes through untouched and adds nothing behind the user's back.
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
@@ -120,6 +197,16 @@ class Exchange:
                 # consumed, so only a buffered one (or none) is sent again.
                 if not (body is None or isinstance(body, bytes)):
                     raise
+                self.retries[RETRY_CONNECT_REFUSED] += 1
+                response = await session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False, compress=None
+                )
+            except _NoResponse as failure:
+                if not (failure.stale and replayable(method, headers, body)):
+                    raise
+                self.retries[RETRY_STALE_CONNECTION] += 1
+                log.debug("%s upstream %s closed a pooled connection under %s %s; sending it again",
+                          self.role.value, self.base, method, target)
                 response = await session.request(
                     method, url, headers=headers, data=body, allow_redirects=False, compress=None
                 )
@@ -130,6 +217,8 @@ class Exchange:
     def _failure(self, exc: BaseException) -> UpstreamError:
         """What went wrong before a response head arrived, in the operator's words."""
         where = f"{self.role.value} upstream {self.base}"
+        if isinstance(exc, _NoResponse):
+            exc = exc.cause
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return UpstreamError(
                 ErrorKind.CONNECT_TIMEOUT,

@@ -90,7 +90,7 @@ class ProxySettings:
     max_request_body: int = 32 * 1024**2
     buffer_request_body: int = 1024**2  # bodies up to this size (and with a length) are buffered
     upstream_connections: int = 1000
-    upstream_keepalive: float = 60.0
+    upstream_keepalive: float = 4.0  # below the upstreams' idle timeout (uvicorn: 5 s)
     served_by_header: str | None = "x-canary-version"
     access_log: bool = True
     # Ask LLM upstreams for uncompressed responses on inspected paths, so they can be read.

@@ -3,7 +3,11 @@
 * Chunks go down as they arrive (`readany`), so a token stream reaches the client token by token;
   `await write()` gives backpressure for free.
 * A client that stops reading would pin the stream (and the upstream's work) forever: a guard
-  aborts it after `client_write_timeout` seconds of a write that does not complete.
+  resets its connection after `client_write_timeout` seconds of a write that does not complete.
+  A reset, not a close: `transport.abort()` drops only the event loop's buffer, and the kernel
+  then sends its own send buffer (megabytes) before the FIN, to a reader that takes nothing, so
+  the client never learns and the socket lingers in FIN-WAIT-1. SO_LINGER 0 makes the close an
+  RST that discards it (`reset_connection`).
 * When the upstream fails after the response has started, the client connection is aborted:
   `write_eof()` after a broken stream would look to the client like a clean end.
 * A client that goes away ends the relay; the upstream connection is then closed, not returned
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections.abc import Callable
 
 import aiohttp
@@ -35,6 +41,21 @@ log = logging.getLogger("canaryproxy.proxy")
 _WRITE_GUARD_AFTER_BYTES = 64 * 1024
 
 _CLIENT_GONE = (ConnectionError, aiohttp.ClientConnectionResetError)
+
+# SO_LINGER on, 0 seconds: close() discards unsent data and sends RST.
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def reset_connection(transport: asyncio.BaseTransport) -> None:
+    """Close the connection with an RST, dropping whatever is still queued for it, in the event
+    loop and in the kernel."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        except OSError:
+            pass  # already closed by the peer: abort() is all there is left to do
+    transport.abort()
 
 
 class Relay:
@@ -98,6 +119,10 @@ class Relay:
             return response
         except asyncio.CancelledError:
             upstream.close()
+            if guard is not None and guard.fired:
+                # The reset cancels this handler (handler_cancellation) before the pending write
+                # fails: the client was thrown out for not reading, it did not leave.
+                outcome.error = ErrorKind.CLIENT_WRITE_TIMEOUT
             raise
         finally:
             outcome.bytes_out = sent
@@ -170,8 +195,9 @@ def _inspect_failed(inspection: Inspection | None) -> None:
 
 
 class _WriteGuard:
-    """Aborts a client that stops reading: one timer per large response, no per-write cost but a
-    clock read. `writing` is when the pending write started (0 when none is pending)."""
+    """Resets the connection of a client that stops reading: one timer per large response, no
+    per-write cost but a clock read. `writing` is when the pending write started (0 when none is
+    pending)."""
 
     __slots__ = ("_request", "_timeout", "_now", "_handle", "writing", "fired")
 
@@ -189,7 +215,7 @@ class _WriteGuard:
             self.fired = True
             transport = self._request.transport
             if transport is not None:
-                transport.abort()
+                reset_connection(transport)
             return
         self._handle = asyncio.get_running_loop().call_later(self._timeout - waited, self._check)
 
