@@ -40,6 +40,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
+    _make_state_directories(config)
     _setup_logging(config.log_level)
 
     import uvloop
@@ -58,6 +59,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     uvloop.run(main())
     return EXIT_OK
+
+
+def _make_state_directories(config: Config) -> None:
+    """Create the directories of the state file and the audit log, which check-config found
+    creatable (loading a config only reads)."""
+    for field, path in (("state.path", config.state.path), ("state.audit_log", config.state.audit_log)):
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{field}: cannot create {path.parent}: {exc.strerror or exc}") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -156,7 +168,7 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | N
 def _fail(status: int, payload: dict) -> int:
     message = payload.get("error", {}).get("message", f"HTTP {status}")
     print(f"canaryproxy: {message}", file=sys.stderr)
-    return EXIT_USAGE if status in (400, 401, 403, 409) else EXIT_FAILURE
+    return EXIT_USAGE if status in (400, 401, 403, 409, 421) else EXIT_FAILURE
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -277,13 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_error_text(error: ConfigError) -> str:
+    """One line for one problem (`file: invalid configuration: field: what`); a list for several."""
+    if len(error.problems) == 1:
+        return f"{error.args[0]}: {error.problems[0]}"
+    return str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"canaryproxy: {exc}", file=sys.stderr)
+        print(f"canaryproxy: {_config_error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except CanaryProxyError as exc:
         print(f"canaryproxy: {exc}", file=sys.stderr)
