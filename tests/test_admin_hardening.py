@@ -237,3 +237,11 @@ def test_a_configured_host_name_is_one_of_the_names():
 def test_authorities_parse(text, expected):
     authority = parse_authority(text)
     assert (authority.host, authority.port) == expected
+
+
+def test_the_openapi_document_lists_the_refusals_on_every_operation():
+    from canaryproxy.admin.openapi import spec
+
+    for path, operations in spec()["paths"].items():
+        for method, operation in operations.items():
+            assert {"400", "403", "421"} <= set(operation["responses"]), (method, path)

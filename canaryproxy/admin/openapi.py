@@ -83,7 +83,9 @@ _ACTOR = {"actor": {"type": "string", "maxLength": 200, "description": "who asks
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "malformed request (nothing changed)", 401: "missing bearer token",
             415: "the body is not declared as application/json (nothing changed)",
-            403: "wrong token", 409: "the command does not apply in the current phase"}
+            403: "wrong token, or an Origin that is not this listener",
+            409: "the command does not apply in the current phase",
+            421: "the Host names another server, not this admin listener (see admin.allowed_hosts)"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}}
             for c in codes}
 
@@ -115,11 +117,22 @@ def spec() -> dict[str, Any]:
                  "description": "Watch and steer a canary rollout. Mutations need a bearer token "
                                 "when admin.token is set; every mutation is audited."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {**_probe_paths(), **_read_paths(),
-                  "/admin/openapi.json": {"get": {"summary": "this document", "responses": {
-                      "200": _json_object("OpenAPI 3")}}},
-                  **_mutation_paths()},
+        "paths": _with_name_checks({
+            **_probe_paths(), **_read_paths(),
+            "/admin/openapi.json": {"get": {"summary": "this document", "responses": {
+                "200": _json_object("OpenAPI 3")}}},
+            **_mutation_paths()}),
     }
+
+
+def _with_name_checks(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may be refused before it runs for naming another server (hosts.py): a
+    malformed Host (400), a foreign Origin (403), a foreign Host (421)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            for code, response in _error_responses(400, 403, 421).items():
+                operation["responses"].setdefault(code, response)
+    return paths
 
 
 def _json_object(description: str) -> dict[str, Any]:
