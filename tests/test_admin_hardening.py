@@ -91,7 +91,8 @@ async def test_a_host_that_is_not_the_listener_gets_421_for_reads_too(make_proxy
                                   "[::1]:{port}"])
 async def test_the_listeners_own_names_are_answered(make_proxy, host):
     proxy = await make_proxy()
-    status, body = await _request(proxy.admin_port, "GET", "/admin/status", f"Host: {host.format(port=proxy.admin_port)}")
+    port = proxy.admin_port
+    status, body = await _request(port, "GET", "/admin/status", f"Host: {host.format(port=port)}")
     assert status == 200 and body["phase"] == "static"
 
 
