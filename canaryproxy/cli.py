@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from importlib import resources
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeAlias
 
 from canaryproxy import __version__
 from canaryproxy.config import Config, load, parse
@@ -40,6 +40,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
+    _make_state_directories(config)
     _setup_logging(config.log_level)
 
     import uvloop
@@ -58,6 +59,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     uvloop.run(main())
     return EXIT_OK
+
+
+def _make_state_directories(config: Config) -> None:
+    """Create the directories of the state file and the audit log, which check-config found
+    creatable (loading a config only reads)."""
+    for field, path in (("state.path", config.state.path), ("state.audit_log", config.state.audit_log)):
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{field}: cannot create {path.parent}: {exc.strerror or exc}") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -156,7 +168,7 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict | N
 def _fail(status: int, payload: dict) -> int:
     message = payload.get("error", {}).get("message", f"HTTP {status}")
     print(f"canaryproxy: {message}", file=sys.stderr)
-    return EXIT_USAGE if status in (400, 401, 403, 409) else EXIT_FAILURE
+    return EXIT_USAGE if status in (400, 401, 403, 409, 421) else EXIT_FAILURE
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -191,7 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"canaryproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_and_check_config(commands)
+    _add_simulate_upstream(commands)
+    _add_demo(commands)
+    _add_admin_commands(commands)
+    return parser
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_run_and_check_config(commands: Commands) -> None:
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", help="YAML config file (default: the embedded example)")
     run.set_defaults(handler=cmd_run)
@@ -200,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_config)
 
+
+def _add_simulate_upstream(commands: Commands) -> None:
     from canaryproxy.core.units import format_duration
     from canaryproxy.sim.simulator import Behaviour
 
@@ -224,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, help="seed of the random choices, for a repeatable run")
     simulate.set_defaults(handler=cmd_simulate_upstream)
 
+
+def _add_demo(commands: Commands) -> None:
     from canaryproxy.sim.demo import SCENARIOS
 
     demo = commands.add_parser(
@@ -241,15 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the proxy and traffic going after the outcome, until Ctrl-C")
     demo.set_defaults(handler=cmd_demo)
 
-    def admin_command(name: str, help_text: str):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--admin", default=os.environ.get("CANARYPROXY_ADMIN_URL", DEFAULT_ADMIN),
-                         help=f"admin API base URL (default: $CANARYPROXY_ADMIN_URL or {DEFAULT_ADMIN}); "
-                              "the token comes from $CANARYPROXY_ADMIN_TOKEN")
-        sub.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
-        return sub
 
-    status = admin_command("status", "show the rollout: phase, stage, weight, per-version metrics, rules")
+def _admin_command(commands: Commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A command that talks to a running proxy's admin API."""
+    sub = commands.add_parser(name, help=help_text)
+    sub.add_argument("--admin", default=os.environ.get("CANARYPROXY_ADMIN_URL", DEFAULT_ADMIN),
+                     help=f"admin API base URL (default: $CANARYPROXY_ADMIN_URL or {DEFAULT_ADMIN}); "
+                          "the token comes from $CANARYPROXY_ADMIN_TOKEN")
+    sub.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    return sub
+
+
+def _add_admin_commands(commands: Commands) -> None:
+    status = _admin_command(commands, "status",
+                            "show the rollout: phase, stage, weight, per-version metrics, rules")
     status.add_argument("--json", action="store_true", help="print the raw status document")
     status.add_argument("--window", default="1m", help="span of the per-version metrics (default 1m)")
     status.set_defaults(handler=cmd_status)
@@ -257,24 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("start", "start the rollout at its first stage"),
                             ("pause", "pause the rollout; the weight stays"),
                             ("resume", "resume at the current stage")):
-        sub = admin_command(name, help_text)
+        sub = _admin_command(commands, name, help_text)
         sub.add_argument("--reason", default="")
         sub.set_defaults(handler=_mutation(name, lambda a: {"reason": a.reason}))
 
-    promote = admin_command("promote", "advance one stage (or --to-end: straight to 100%%)")
+    promote = _admin_command(commands, "promote", "advance one stage (or --to-end: straight to 100%%)")
     promote.add_argument("--to-end", action="store_true")
     promote.add_argument("--reason", default="")
     promote.set_defaults(handler=_mutation("promote", lambda a: {"reason": a.reason, "to_end": a.to_end}))
 
-    rollback = admin_command("rollback", "roll back: canary weight 0")
+    rollback = _admin_command(commands, "rollback", "roll back: canary weight 0")
     rollback.add_argument("--reason", default="", help="why (recorded in the decision and audit logs)")
     rollback.set_defaults(handler=_mutation("rollback", lambda a: {"reason": a.reason}))
 
-    weight = admin_command("set-weight", "set the canary weight by hand (pauses the automatic side)")
+    weight = _admin_command(commands, "set-weight", "set the canary weight by hand (pauses the automatic side)")
     weight.add_argument("weight", type=float, help="percent, 0-100")
     weight.add_argument("--reason", default="")
     weight.set_defaults(handler=_mutation("weight", lambda a: {"weight": a.weight, "reason": a.reason}))
-    return parser
+
+
+def _config_error_text(error: ConfigError) -> str:
+    """One line for one problem (`file: invalid configuration: field: what`); a list for several."""
+    if len(error.problems) == 1:
+        return f"{error.args[0]}: {error.problems[0]}"
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"canaryproxy: {exc}", file=sys.stderr)
+        print(f"canaryproxy: {_config_error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except CanaryProxyError as exc:
         print(f"canaryproxy: {exc}", file=sys.stderr)

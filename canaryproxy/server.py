@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from canaryproxy import replication, settings
 from canaryproxy.admin.api import AdminAPI, AuditLog
+from canaryproxy.admin.hosts import ListenerNames
 from canaryproxy.alerts import Alerter
 from canaryproxy.backends.memory import DirectFeed, SoleLeadership
 from canaryproxy.backends.protocols import OutcomeFeed
@@ -137,6 +138,7 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
     admin = AdminAPI(
         controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
         config.admin.token, audit, evidence.windows, clock,
+        ListenerNames(config.admin.listen[0], config.admin.allowed_hosts),
     )
     return ControlPlane(evidence, follower, controller, alerter, admin, registry)
 

@@ -1,6 +1,8 @@
 """The admin listener: health, Prometheus metrics, the admin API and the dashboard.
 
-Reads are open (on a listener that is loopback-only unless a token is set). Every mutation is a
+Every request, read or mutation, must name this listener in its Host header, and in its Origin
+header when it has one (hosts.py: the defence against DNS rebinding); otherwise 421 or 403 and
+nothing else happens. Reads are open (on a listener that is loopback-only unless a token is set). Every mutation is a
 POST with a JSON body and, when `admin.token` is set, `Authorization: Bearer <token>` (compared in
 constant time). Every mutation, accepted or refused, is written to the audit log: who (the
 `actor` the caller names, e.g. the CLI sends $USER), from where, the state before and after, the
@@ -32,6 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from canaryproxy.clock import Clock
+from canaryproxy.admin.hosts import ListenerNames, Refusal
 from canaryproxy.admin.views import SERIES_METRICS, SERIES_POINTS, SERIES_SPAN, status_document, weight_history
 from canaryproxy.control.controller import Controller
 from canaryproxy.core.splitter import check_weight
@@ -79,6 +82,25 @@ BODIES: dict[str, type[_Body]] = {
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "admin_error", "code": code}},
                              status=status, headers=headers or None)
+
+
+def _named_host(request: web.Request) -> str | None:
+    """The authority the request names: an absolute-form target's, which RFC 9112 §3.2.2 says
+    replaces the Host header, else the Host header (None only from an HTTP/1.0 client; aiohttp
+    refuses an HTTP/1.1 request without one, or with two)."""
+    target = request._message.url  # aiohttp keeps the request target only on the raw message
+    if target.is_absolute():
+        return target.raw_authority
+    return request.headers.get("Host")
+
+
+def _local_address(request: web.Request) -> tuple[str, int]:
+    """The address and port the connection arrived on: the listener's own, even when it was
+    configured with port 0."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if not sockname:
+        return ("", 0)  # the client has gone: no name matches, the request is refused
+    return str(sockname[0]), int(sockname[1])
 
 
 def _duration_query(request: web.Request, name: str, default: float) -> float:
@@ -145,7 +167,9 @@ class AdminAPI:
         audit: AuditLog,
         windows: Windows,
         clock: Clock,
+        names: ListenerNames,
     ) -> None:
+        self.names = names
         self.controller = controller
         self.windows = windows
         self.clock = clock
@@ -173,9 +197,21 @@ class AdminAPI:
         return routes
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[self._only_own_names])
         app.add_routes(self.routes())
         return app
+
+    @web.middleware
+    async def _only_own_names(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            self.names.check(_named_host(request), request.headers.get("Origin"), _local_address(request))
+        except Refusal as refusal:
+            response = _error(refusal.status, refusal.code, refusal.message)
+            name = request.path.removeprefix("/admin/")
+            if request.method == "POST" and name in BODIES:  # a refused mutation is still audited
+                self._record(self._audit_entry(request, name), response, "")
+            return response
+        return await handler(request)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -279,20 +315,24 @@ class AdminAPI:
         body_model = BODIES[name]
 
         async def handler(request: web.Request) -> web.Response:
-            before = self._snapshot()
-            entry: dict[str, Any] = {
-                "time": time.time(), "action": name, "remote": request.remote,
-                "actor": request.headers.get("X-Actor"), "before": before,
-            }
+            entry = self._audit_entry(request, name)
             response, reason = await self._mutate(request, name, body_model, entry)
-            entry.update(status=response.status, accepted=response.status < 300, reason=reason,
-                         after=self._snapshot())
-            if response.status >= 300:
-                entry["error"] = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]
-            self.audit.write(entry)
+            self._record(entry, response, reason)
             return response
 
         return handler
+
+    def _audit_entry(self, request: web.Request, name: str) -> dict[str, Any]:
+        return {"time": time.time(), "action": name, "remote": request.remote,
+                "host": request.headers.get("Host"), "origin": request.headers.get("Origin"),
+                "actor": request.headers.get("X-Actor"), "before": self._snapshot()}
+
+    def _record(self, entry: dict[str, Any], response: web.Response, reason: str) -> None:
+        entry.update(status=response.status, accepted=response.status < 300, reason=reason,
+                     after=self._snapshot())
+        if response.status >= 300:
+            entry["error"] = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]
+        self.audit.write(entry)
 
     async def _mutate(self, request: web.Request, name: str, body_model: type[_Body],
                       entry: dict[str, Any]) -> tuple[web.Response, str]:

@@ -83,7 +83,9 @@ _ACTOR = {"actor": {"type": "string", "maxLength": 200, "description": "who asks
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "malformed request (nothing changed)", 401: "missing bearer token",
             415: "the body is not declared as application/json (nothing changed)",
-            403: "wrong token", 409: "the command does not apply in the current phase"}
+            403: "wrong token, or an Origin that is not this listener",
+            409: "the command does not apply in the current phase",
+            421: "the Host names another server, not this admin listener (see admin.allowed_hosts)"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}}
             for c in codes}
 
@@ -115,60 +117,91 @@ def spec() -> dict[str, Any]:
                  "description": "Watch and steer a canary rollout. Mutations need a bearer token "
                                 "when admin.token is set; every mutation is audited."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {
-            "/": {"get": {"summary": "the dashboard: a page that reads this API", "responses": {
-                "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-            "/healthz": {"get": {"summary": "liveness", "responses": {
-                "200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/readyz": {"get": {"summary": "readiness (fails while draining)", "responses": {
-                "200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "503": {"description": "draining", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/admin/status": {"get": {
-                "summary": "phase, stage, weight, hold left, per-version window summaries, rule states",
-                "parameters": [{"name": "window", "in": "query", "required": False,
-                                "description": "span of the per-version summaries, e.g. 1m, 5m",
-                                "schema": _DURATION}],
-                "responses": {"200": {"description": "status", "content": {"application/json": {"schema": _STATUS}}},
-                              **_error_responses(400)}}},
-            "/admin/decisions": {"get": {
-                "summary": "the decision record: every transition and every evaluation that changed something",
-                "parameters": [{"name": "limit", "in": "query", "required": False,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
-                "responses": {"200": {"description": "newest last", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["decisions"],
-                    "properties": {"decisions": {"type": "array", "items": {"type": "object"}}}}}}},
-                    **_error_responses(400)}}},
-            "/admin/series": {"get": {
-                "summary": "per-version metrics over the last span, one point per step, and the "
-                           "canary weight over it (what the dashboard charts)",
-                "parameters": [
-                    {"name": "span", "in": "query", "required": False, "schema": _DURATION,
-                     "description": "how far back, e.g. 15m; at most the span the windows keep "
-                                    "(default: 15m, or less if the windows keep less)"},
-                    {"name": "step", "in": "query", "required": False, "schema": _DURATION,
-                     "description": "time per point, a whole number of window buckets; at most "
-                                    f"{MAX_SERIES_POINTS} points (default: the shortest step giving "
-                                    f"at most {SERIES_POINTS})"},
-                ],
-                "responses": {
-                    "200": {"description": "the series",
-                            "content": {"application/json": {"schema": _SERIES}}},
-                    "400": {"description": "span or step malformed, out of range, or too many points",
-                            "content": {"application/json": {"schema": _ERROR}}},
-                }}},
+        "paths": _with_name_checks({
+            **_probe_paths(), **_read_paths(),
             "/admin/openapi.json": {"get": {"summary": "this document", "responses": {
-                "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/admin/start": _mutation("start a rollout at its first stage"),
-            "/admin/pause": _mutation("pause the rollout (the weight stays)"),
-            "/admin/resume": _mutation("resume at the current stage and its weight"),
-            "/admin/promote": _mutation("advance one stage, or to 100% with to_end",
-                                        {"to_end": {"type": "boolean"}}),
-            "/admin/rollback": _mutation("roll back: canary weight 0"),
-            "/admin/weight": _mutation("set the canary weight by hand (pauses the automatic side)",
-                                       {"weight": {"type": "number", "minimum": 0, "maximum": 100,
-                                                   "description": "percent, in steps of 0.01"}},
-                                       required=["weight"]),
-        },
+                "200": _json_object("OpenAPI 3")}}},
+            **_mutation_paths()}),
+    }
+
+
+def _with_name_checks(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may be refused before it runs for naming another server (hosts.py): a
+    malformed Host (400), a foreign Origin (403), a foreign Host (421)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            for code, response in _error_responses(400, 403, 421).items():
+                operation["responses"].setdefault(code, response)
+    return paths
+
+
+def _json_object(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _probe_paths() -> dict[str, Any]:
+    """The dashboard, the probes and the metrics."""
+    return {
+        "/": {"get": {"summary": "the dashboard: a page that reads this API", "responses": {
+            "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+        "/healthz": {"get": {"summary": "liveness", "responses": {"200": _json_object("alive")}}},
+        "/readyz": {"get": {"summary": "readiness (fails while draining)", "responses": {
+            "200": _json_object("ready"), "503": _json_object("draining")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+
+
+def _read_paths() -> dict[str, Any]:
+    """What the rollout is doing: status, the decision record, the series the dashboard charts."""
+    return {
+        "/admin/status": {"get": {
+            "summary": "phase, stage, weight, hold left, per-version window summaries, rule states",
+            "parameters": [{"name": "window", "in": "query", "required": False,
+                            "description": "span of the per-version summaries, e.g. 1m, 5m",
+                            "schema": _DURATION}],
+            "responses": {"200": {"description": "status", "content": {"application/json": {"schema": _STATUS}}},
+                          **_error_responses(400)}}},
+        "/admin/decisions": {"get": {
+            "summary": "the decision record: every transition and every evaluation that changed something",
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
+            "responses": {"200": {"description": "newest last", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["decisions"],
+                "properties": {"decisions": {"type": "array", "items": {"type": "object"}}}}}}},
+                **_error_responses(400)}}},
+        "/admin/series": {"get": {
+            "summary": "per-version metrics over the last span, one point per step, and the "
+                       "canary weight over it (what the dashboard charts)",
+            "parameters": [
+                {"name": "span", "in": "query", "required": False, "schema": _DURATION,
+                 "description": "how far back, e.g. 15m; at most the span the windows keep "
+                                "(default: 15m, or less if the windows keep less)"},
+                {"name": "step", "in": "query", "required": False, "schema": _DURATION,
+                 "description": "time per point, a whole number of window buckets; at most "
+                                f"{MAX_SERIES_POINTS} points (default: the shortest step giving "
+                                f"at most {SERIES_POINTS})"},
+            ],
+            "responses": {
+                "200": {"description": "the series",
+                        "content": {"application/json": {"schema": _SERIES}}},
+                "400": {"description": "span or step malformed, out of range, or too many points",
+                        "content": {"application/json": {"schema": _ERROR}}},
+            }}},
+    }
+
+
+def _mutation_paths() -> dict[str, Any]:
+    return {
+        "/admin/start": _mutation("start a rollout at its first stage"),
+        "/admin/pause": _mutation("pause the rollout (the weight stays)"),
+        "/admin/resume": _mutation("resume at the current stage and its weight"),
+        "/admin/promote": _mutation("advance one stage, or to 100% with to_end",
+                                    {"to_end": {"type": "boolean"}}),
+        "/admin/rollback": _mutation("roll back: canary weight 0"),
+        "/admin/weight": _mutation("set the canary weight by hand (pauses the automatic side)",
+                                   {"weight": {"type": "number", "minimum": 0, "maximum": 100,
+                                               "description": "percent, in steps of 0.01"}},
+                                   required=["weight"]),
     }

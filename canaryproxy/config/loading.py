@@ -14,10 +14,35 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
+from canaryproxy.config.inspection import build_inspection_settings
+from canaryproxy.config.machine import machine_problems
 from canaryproxy.config.problems import describe
 from canaryproxy.config.root import Config
-from canaryproxy.config.inspection import build_inspection_settings
 from canaryproxy.errors import ConfigError
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error: YAML
+    says keys are unique, and PyYAML would keep the last silently, so a setting written twice would
+    be ignored the first time without a word."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults`: merged keys may be overridden, as YAML intends
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the constructor below reports it
+                if seen is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice (first at line {seen + 1})",
+                        key_node.start_mark)
+                first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -43,10 +68,18 @@ def _expand(value: Any, environ: Mapping[str, str], path: str, problems: list[st
     return value
 
 
+def _causes(errors: list[Any]) -> list[Any]:
+    """The errors without their echoes: a list whose only bad item was refused is then also "too
+    short" for pydantic, which says nothing the item's own error does not."""
+    locations = [tuple(e["loc"]) for e in errors]
+    return [e for e in errors if not (e["type"] == "too_short" and any(
+        other[:len(e["loc"])] == tuple(e["loc"]) and other != tuple(e["loc"]) for other in locations))]
+
+
 def parse(text: str, environ: Mapping[str, str], source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate config text. Raises ConfigError listing every problem."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -61,7 +94,9 @@ def parse(text: str, environ: Mapping[str, str], source: str = "<config>", base_
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
-        problems += [describe(e) for e in exc.errors()]
+        problems += [describe(e) for e in _causes(exc.errors())]
+    if not problems:
+        problems += machine_problems(config)
     if not problems and config.inspection.enabled:
         try:
             config._inspection_settings = build_inspection_settings(config, base_dir or Path("."))

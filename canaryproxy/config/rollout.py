@@ -12,6 +12,7 @@ from canaryproxy.core.judge import DEFAULT_TESTS, JudgeConfig
 from canaryproxy.core.judge import TestConfig as JudgeTestConfig_
 from canaryproxy.core.metrics import METRICS, Unit
 from canaryproxy.core.rules import Comparison, Rule
+from canaryproxy.core.splitter import check_weight
 from canaryproxy.core.stages import Plan, Stage
 from canaryproxy.core.units import parse_duration
 
@@ -62,6 +63,9 @@ class RuleConfig(Strict):
 class StageConfig(Strict):
     weight: float = Field(gt=0, le=100)
     hold: Duration = Field(ge=0)
+
+    # The same smallest step as every other weight: a stage at 0.001% would put 0 buckets in force.
+    _one_bucket_resolution = field_validator("weight")(check_weight)
 
 
 class JudgeTestConfig(Strict):

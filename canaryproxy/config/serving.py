@@ -7,6 +7,7 @@ import re
 
 from pydantic import Field, field_validator
 
+from canaryproxy.admin.hosts import parse_authority
 from canaryproxy.config.fields import Duration, Listen, Size, Strict, UpstreamUrl
 from canaryproxy.core.splitter import check_weight
 
@@ -14,6 +15,20 @@ from canaryproxy.core.splitter import check_weight
 class AdminConfig(Strict):
     listen: Listen = ("127.0.0.1", 9090)
     token: str | None = Field(default=None, description="bearer token for admin mutations; use ${ENV}")
+
+    # Further names the admin API answers to (Host and Origin), beyond its own address and, on
+    # loopback, localhost: `name` (any port) or `name:port`. See admin/hosts.py.
+    allowed_hosts: tuple[str, ...] = ()
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names_not_patterns(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if "*" in name or "/" in name:
+                # A pattern would let a rebound DNS name through: the check exists to refuse those.
+                raise ValueError(f"list host names as name or name:port, not URLs or patterns, got {name!r}")
+            parse_authority(name)
+        return tuple(str(parse_authority(name)) for name in names)
 
     @field_validator("token")
     @classmethod

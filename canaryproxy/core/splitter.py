@@ -13,6 +13,7 @@ The hash is BLAKE2b (8-byte digest): stable across processes, machines and Pytho
 
 from __future__ import annotations
 
+import math
 import random
 from hashlib import blake2b
 
@@ -35,7 +36,11 @@ def check_weight(weight: float) -> float:
     """A weight the splitter can put in force exactly: 0-100 percent in 0.01 steps (one bucket)."""
     if not 0.0 <= weight <= 100.0:
         raise ValueError(f"canary weight must be within 0-100 percent, got {weight}")
-    if abs(weight * _BUCKETS_PER_PERCENT - round(weight * _BUCKETS_PER_PERCENT)) > 1e-9:
+    # Relative to the nearest whole-bucket weight, so float noise (0.07 * 100 = 7.000000000000001)
+    # passes but nothing below one bucket does: an absolute tolerance let 1e-320 through, to be
+    # reported as the weight while 0 buckets were in force.
+    nearest = round(weight * _BUCKETS_PER_PERCENT) / _BUCKETS_PER_PERCENT
+    if not math.isclose(weight, nearest, rel_tol=1e-9, abs_tol=0.0):
         raise ValueError(f"weight has at most two decimals (0.01% steps), got {weight}")
     return weight
 
