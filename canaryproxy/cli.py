@@ -39,16 +39,28 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from canaryproxy import workers
+
     config = _load_config(args.config)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    refusal = workers.refusal(config, args.workers)
+    if refusal is not None:
+        raise ConfigError(refusal)
     _make_state_directories(config)
     _setup_logging(config.log_level)
+    if args.workers > 1:
+        return workers.supervise(args.config, args.workers)
+    reuse_port = args.worker is not None
+    if reuse_port:
+        config = workers.worker_config(config, args.worker)
 
     import uvloop
 
     from canaryproxy.server import CanaryProxy
 
     async def main() -> None:
-        proxy = CanaryProxy(config)
+        proxy = CanaryProxy(config, reuse_port=reuse_port)
         await proxy.start()
         # Everything built so far (modules, config, pools, windows' preallocated rings) lives as
         # long as the process: move it out of the cyclic GC's sight. A full collection then scans
@@ -216,6 +228,10 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _add_run_and_check_config(commands: Commands) -> None:
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", help="YAML config file (default: the embedded example)")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="N processes on one port (SO_REUSEPORT), one rollout; N > 1 needs "
+                          "coordination.backend: redis")
+    run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")

@@ -144,8 +144,10 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
 
 
 class CanaryProxy:
-    def __init__(self, config: Config, *, clock: Clock | None = None, sink: OutcomeSink | None = None) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None, sink: OutcomeSink | None = None,
+                 reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # a worker of `run --workers N`: the data port is shared
         self.clock = clock or SystemClock()
         self.shared: replication.Shared | None = None
         if config.coordination.shared:
@@ -224,7 +226,7 @@ class CanaryProxy:
         await self._admin_runner.setup()
 
         try:
-            site = web.TCPSite(self._data_runner, *config.listen, backlog=1024)
+            site = web.TCPSite(self._data_runner, *config.listen, backlog=1024, reuse_port=self.reuse_port or None)
             await site.start()
             self._data_site = site
             admin_site = web.TCPSite(self._admin_runner, *config.admin.listen)

@@ -44,7 +44,7 @@ def test_core_never_reads_a_clock_or_the_environment():
 
 
 PACKAGE = CORE.parent
-CONFIG_READERS = {"cli.py", "server.py", "settings.py", "replication.py", "sim/demo.py", "config.py"}
+CONFIG_READERS = {"cli.py", "server.py", "settings.py", "replication.py", "workers.py", "sim/demo.py", "config.py"}
 
 
 def module_name(path: Path) -> str:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from tests.fleet import Fleet, spread_traffic
 from tests.redis_server import RedisServer
-from tests.support import Upstream
+from tests.support import Upstream, wait_until_ready
 
 STEPPING = """\
   stages: [{weight: 10, hold: 1500ms}, {weight: 50, hold: 1500ms}, {weight: 100, hold: 1s}]
@@ -236,3 +236,42 @@ async def _decision(replica, predicate, timeout: float = 5) -> dict:
             return found[0]
         assert time.monotonic() < deadline, decisions
         await asyncio.sleep(0.05)
+
+
+async def test_workers_2_serve_one_port_as_one_rollout(tmp_path, redis, upstreams):
+    from tests.fleet import Replica
+
+    stable, canary = upstreams
+    fleet = Fleet(tmp_path, redis, stable.url, canary.url, HOLDING.replace("hold: 3s", "hold: 60s"), n=1)
+    replica = fleet.replicas[0]
+    replica.workers = 2
+    await replica.start()
+    second = Replica("w1", replica.config, replica.port, replica.admin_port + 1)
+    try:
+        await wait_until_ready(second.admin_port, replica.process, replica.log.read_text)
+        await fleet.wait_for(lambda s: all(x["weight"] == 20.0 for x in s), replicas=[replica, second])
+        statuses = await fleet.statuses([replica, second])
+        assert sum(s["coordination"]["leads"] for s in statuses) == 1
+        assert len({s["coordination"]["replica"] for s in statuses}) == 2
+        for _ in range(40):  # each a new connection, which the kernel gives to either worker
+            counts = await spread_traffic([replica], 1, concurrency=1)
+            assert counts.get("200:stable", 0) + counts.get("200:canary", 0) == 1
+        metrics = [await r.get("/metrics") for r in (replica, second)]
+        served = [sum(float(line.split()[-1]) for line in m.splitlines()
+                      if line.startswith("canaryproxy_requests_total{")) for m in metrics]
+        assert sum(served) == 40 and all(n > 0 for n in served), served  # each counts only its own
+    finally:
+        await replica.stop()
+    assert replica.process is not None and replica.process.returncode == 0
+
+
+def test_workers_without_a_shared_backend_are_refused(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text("listen: 127.0.0.1:18999\nupstreams: {stable: 'http://127.0.0.1:1', canary: 'http://127.0.0.1:2'}\n")
+    result = subprocess.run([sys.executable, "-m", "canaryproxy", "run", "--config", str(config), "--workers", "2"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "coordination.backend: redis" in result.stderr and "Traceback" not in result.stderr
