@@ -106,6 +106,44 @@ def canaryproxy_setup(name: str, summary: str, overrides: dict[str, Any]) -> Set
     return Setup(name, summary, command, judged=True)
 
 
+# A rollout holding at 10% (rules and judge on, as shipped), for the coordination comparison: the
+# same with `coordination.backend: redis` adds only publishing outcomes, reading them back, the
+# lease and the watch.
+ROLLOUT_AT_10 = {"routing": {"weight": 0}, "rollout": {"stages": [{"weight": 10, "hold": "50m"}, {"weight": 100, "hold": "1m"}],
+                                                      "min_requests": 1, "evaluate_every": "1s"}}
+_redis_servers: list[subprocess.Popen[bytes]] = []
+
+
+def redis_url() -> str:
+    """A redis-server for this run (started once, stopped at exit), on a free loopback port."""
+    import atexit
+
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _redis_servers.append(server)
+    atexit.register(server.terminate)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+        if time.monotonic() > deadline:
+            raise RigError("redis-server did not start")
+        time.sleep(0.05)  # a port coming up, with a deadline
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def redis_setup(name: str, summary: str) -> Setup:
+    local = canaryproxy_setup(name, summary, ROLLOUT_AT_10)
+
+    def command(ports: Ports, workdir: Path) -> list[str]:
+        url = redis_url()
+        path = workdir / f"{name}.yaml"
+        overrides = _merged(ROLLOUT_AT_10, {"coordination": {"backend": "redis", "url": url, "rollout": "bench"}})
+        path.write_text(json.dumps(_merged(canaryproxy_config(ports), overrides), indent=2))
+        return [sys.executable, "-m", "canaryproxy", "run", "--config", str(path)]
+
+    return replace(local, command=command, needs=("redis-server", "redis-cli"))
+
+
 def render_template(name: str, values: dict[str, object]) -> str:
     """bench/templates/NAME with every @KEY@ replaced; a placeholder left over is an error."""
     text = (TEMPLATES / name).read_text()
@@ -145,6 +183,9 @@ SETUPS: tuple[Setup, ...] = (
     canaryproxy_setup("canaryproxy", "canaryproxy run: weight 10, sticky x-user-id, access log on", {}),
     canaryproxy_setup("canaryproxy-inspect-off", "the same with inline inspection off",
                       {"inspection": {"enabled": False}}),
+    canaryproxy_setup("canaryproxy-rollout", "a rollout holding at 10% (rules, judge), one process",
+                      ROLLOUT_AT_10),
+    redis_setup("canaryproxy-redis", "the same rollout with coordination.backend: redis"),
     Setup("floor", "bench/floor_proxy.py: bare aiohttp pass-through, random 90/10", floor_command),
     Setup("nginx", "split_clients 90/10 on x-user-id, keepalive upstreams, unbuffered", nginx_command,
           needs=("nginx",)),

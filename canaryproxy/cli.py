@@ -67,7 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         # only what requests allocate, and its pauses, which stall every stream at once, drop
         # from 35-40 ms to under 10 ms at 6,500 req/s (bench/README.md, "Garbage collection").
         gc.freeze()
+        watch = asyncio.create_task(workers.exit_with_parent(os.getppid())) if reuse_port else None
         await proxy.run_until_signalled()
+        if watch is not None:
+            watch.cancel()
 
     uvloop.run(main())
     return EXIT_OK

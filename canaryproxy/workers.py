@@ -77,3 +77,13 @@ def _spawn(config_path: str | None, index: int) -> subprocess.Popen[bytes]:
     if config_path:
         command += ["--config", config_path]
     return subprocess.Popen(command, env=os.environ.copy())
+
+
+async def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A worker whose supervisor died (kill -9) drains and exits instead of living on unsupervised."""
+    import asyncio
+
+    while os.getppid() == parent:
+        await asyncio.sleep(every)
+    log.error("the supervisor (pid %d) is gone: draining and exiting", parent)
+    os.kill(os.getpid(), signal.SIGTERM)

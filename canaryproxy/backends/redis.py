@@ -87,6 +87,7 @@ class RedisSpace:
     def __init__(self, url: str, rollout: str, *, timeout: float = 2.0) -> None:
         self.url = url
         self.rollout = rollout
+        self.timeout = timeout
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10,
         )
@@ -176,7 +177,10 @@ class RedisRolloutStore:
                     if stored is not None:
                         yield stored
         finally:
-            await pubsub.aclose()
+            try:  # bounded: a Redis that went away must not hold up a shutdown
+                await asyncio.wait_for(pubsub.aclose(), self.space.timeout)
+            except (RedisError, OSError, asyncio.TimeoutError):
+                pass
 
 
 class RedisLeadership:
