@@ -18,7 +18,7 @@ from tests.core.judge_support import error, feed, now, only, request, verdict
 
 
 def test_normal_mixture_matches_reference() -> None:
-    judge = Judge(only("tokens"))
+    judge = Judge(only("tokens", tests={"tokens": TestConfig(alpha=0.0005)}))
     feed(judge, [request(False, prompt_tokens=100 + 3 * i) for i in range(150)])
     feed(judge, [request(True, prompt_tokens=150 + 4 * i) for i in range(100)])
     # xs, xc = log1p(100 + 3*arange(150)), log1p(150 + 4*arange(100)); V = xc.var(ddof=1)/100 +
@@ -103,7 +103,7 @@ def test_unknown_test_name_lists_the_known_ones() -> None:
         JudgeConfig(tests={"erors": TestConfig(alpha=0.01)})
     assert str(raised.value) == (
         "judge.tests: unknown test 'erors'; known tests: errors, latency, latency_tail, guardrail, "
-        "schema, truncation, tokens, output_length, cost, log_latency"
+        "schema, truncation, tokens, estimated_tokens, output_length, cost, log_latency"
     )
 
 
