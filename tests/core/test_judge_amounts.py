@@ -136,7 +136,7 @@ def test_named_tests_override_defaults_and_disabled_tests_give_no_verdict() -> N
     judge = Judge(config)
     sources = [v.source for v in judge.verdicts()]
     assert "judge:cost" not in sources
-    assert len(sources) == 9
+    assert len(sources) == 10
     assert judge.summary()["disabled"] == ["cost"]
 
 
