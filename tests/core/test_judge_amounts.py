@@ -151,3 +151,29 @@ def test_summary_is_json_safe_after_a_canary_only_failure() -> None:
     assert errors["evidence"]["ratio"] is None
     assert errors["reason"].startswith("judge: failed requests on canary only (e-value ")
     assert summary["tests"]["tokens"]["now"]["log_e_value"] is None
+
+
+# --- like with like: token sources ---------------------------------------------------------------
+
+
+def test_a_canary_without_usage_is_tested_on_the_proxys_count_never_against_reported_counts() -> None:
+    judge = Judge(only("tokens", "estimated_tokens"))
+    rng = random.Random(3)
+
+    def reply(canary: bool, tokens: int):
+        if canary:  # the canary's server sends no usage: completion is the estimate, no prompt
+            return request(True, completion_tokens=tokens, estimated_tokens=tokens, usage_missing=True)
+        return request(False, prompt_tokens=400, completion_tokens=tokens + 1, estimated_tokens=tokens)
+
+    # Healthy: the same answers on both sides. Reported prompt + completion (~500) against the
+    # canary's estimate (~100) would be a "5x better" canary; neither test compares them.
+    feed(judge, [reply(i % 2 == 0, int(rng.lognormvariate(4.6, 0.3))) for i in range(600)])
+    assert now(judge, "tokens")["canary"] == {"samples": 0}
+    assert now(judge, "estimated_tokens")["canary"] == {"samples": 300}
+    assert {verdict(judge, name).status for name in ("tokens", "estimated_tokens")} == {Status.PASS}
+    assert 0.9 < now(judge, "estimated_tokens")["ratio"] < 1.1
+    # A real regression: the canary's answers x1.5, caught on the proxy's count.
+    feed(judge, [reply(i % 2 == 0, int(rng.lognormvariate(4.6, 0.3) * (1.5 if i % 2 == 0 else 1)))
+                 for i in range(600)])
+    assert verdict(judge, "estimated_tokens").status is Status.FAIL
+    assert verdict(judge, "tokens").status is Status.PASS
