@@ -8,7 +8,8 @@ into metric families when Prometheus scrapes; the registry is passed in, so each
 fresh one. Metric families are built here only (the admin listener serves them).
 
 Label values are bounded: version ∈ {stable, canary}; status class; error kind (an enum);
-guardrail source (fixed names plus the rule names in the config); retry reason (fixed names).
+guardrail source (fixed names plus the rule names in the config); token kind and source
+(reported | estimated); retry reason (fixed names).
 """
 
 from __future__ import annotations
@@ -138,10 +139,15 @@ class Exporter(Collector):
             "canaryproxy_guardrail_interventions", "Guardrail interventions, by source.",
             labels=["version", "source"])
         tokens = CounterMetricFamily(
-            "canaryproxy_tokens", "Tokens reported by the upstream (estimated when usage is missing).",
-            labels=["version", "kind"])
+            "canaryproxy_tokens", "Tokens by source: reported by the upstream's usage, or estimated by "
+            "the proxy for responses without usage (completion tokens only: prompts are not estimated).",
+            labels=["version", "kind", "source"])
+        without_usage = CounterMetricFamily(
+            "canaryproxy_responses_without_usage", "LLM responses that carried no usage: their completion "
+            "tokens are estimated and they have no cost.", labels=["version"])
         cost = CounterMetricFamily(
-            "canaryproxy_cost_usd", "Cost of the requests from the configured price table, in USD.",
+            "canaryproxy_cost_usd", "Cost from the configured price table, of responses with reported usage "
+            "only (canaryproxy_responses_without_usage counts those without), in USD.",
             labels=["version"])
         duration = HistogramMetricFamily(
             "canaryproxy_request_duration_seconds", "Time from request received to last byte sent.",
@@ -166,14 +172,17 @@ class Exporter(Collector):
             schema_failures.add_metric([version], tally.count("schema_failures"))
             for source, count in sorted(tally.labels("guardrails").items()):
                 guardrails.add_metric([version, source], count)
-            tokens.add_metric([version, "prompt"], tally.count("prompt_tokens"))
-            tokens.add_metric([version, "completion"], tally.count("completion_tokens"))
+            estimated = tally.count("completion_tokens_estimated")
+            tokens.add_metric([version, "prompt", "reported"], tally.count("prompt_tokens"))
+            tokens.add_metric([version, "completion", "reported"], tally.count("completion_tokens") - estimated)
+            tokens.add_metric([version, "completion", "estimated"], estimated)
+            without_usage.add_metric([version], tally.count("usage_missing"))
             cost.add_metric([version], tally.total("cost_usd"))
             for family, name in ((duration, "latency"), (ttft, "ttft"), (length, "output_length")):
                 histogram = totals.histograms[name][1]
                 family.add_metric([version], histogram.family_buckets(), histogram.total)
         yield from (requests, errors, truncated, schema_checks, schema_failures, guardrails, tokens,
-                    cost, duration, ttft, length)
+                    without_usage, cost, duration, ttft, length)
         if self._retries is not None:
             yield retry_family(self._retries())
         yield GaugeMetricFamily(

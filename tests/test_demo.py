@@ -27,7 +27,8 @@ EXPECTED = {
     "healthy": ("promoted", set()),
     "errors": ("rolled_back", {"errors", "judge:errors"}),
     "latency": ("rolled_back", {"latency", "judge:latency", "judge:latency_tail", "judge:log_latency"}),
-    "tokens": ("rolled_back", {"tokens", "judge:tokens", "judge:output_length", "judge:cost"}),
+    "tokens": ("rolled_back", {"tokens", "judge:tokens", "judge:estimated_tokens", "judge:output_length",
+                          "judge:cost"}),
     "guardrail": ("rolled_back", {"guardrails", "judge:guardrail"}),
     "schema": ("rolled_back", {"schema", "judge:schema"}),
 }
@@ -85,7 +86,7 @@ async def test_the_live_view_redraws_in_place_and_shows_the_outcome():
     assert "\x1b[36mprogressing\x1b[0m" in last and "\x1b[1;33mSTOPPED\x1b[0m after" in last
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
     assert "stages  5% [" in text and "error rate" in text and "ttft p95" in text
-    assert "\n  errors " in text and "judge: 10 of 10 tests pass" in text
+    assert "\n  errors " in text and "judge: 11 of 11 tests pass" in text
     assert result.reason.startswith("stopped at stage 1 of 3 at 5%") and result.reason in text.replace("\n       ", " ")
     await _assert_closed(result.admin_url)
 

@@ -102,8 +102,8 @@ async def test_tokens_ttft_and_cost_in_metrics_match_what_the_upstream_sent(llm)
     assert [o.completion_tokens for o in outcomes] == [3, 4]
     assert outcomes[1].ttft is not None and outcomes[1].stream and not outcomes[1].usage_missing
     samples = await scrape(proxy)
-    assert value(samples, "canaryproxy_tokens_total", version="stable", kind="prompt") == 24
-    assert value(samples, "canaryproxy_tokens_total", version="stable", kind="completion") == 7
+    assert value(samples, "canaryproxy_tokens_total", version="stable", kind="prompt", source="reported") == 24
+    assert value(samples, "canaryproxy_tokens_total", version="stable", kind="completion", source="reported") == 7
     assert value(samples, "canaryproxy_requests_total", version="stable", status_class="2xx") == 2
     assert value(samples, "canaryproxy_time_to_first_token_seconds_count", version="stable") == 1
     assert value(samples, "canaryproxy_cost_usd_total", version="stable") == pytest.approx((24 * 1 + 7 * 2) / 1e6)
@@ -136,7 +136,7 @@ async def test_structured_outputs_and_tool_calls_are_schema_checked(llm):
     samples = await scrape(proxy)
     assert value(samples, "canaryproxy_schema_checks_total", version="canary") == 4
     assert value(samples, "canaryproxy_schema_failures_total", version="canary") == 2
-    assert value(samples, "canaryproxy_tokens_total", version="canary", kind="completion") == 7 + 7 + 9 + 9
+    assert value(samples, "canaryproxy_tokens_total", version="canary", kind="completion", source="reported") == 7 + 7 + 9 + 9
 
 
 async def test_a_content_filter_finish_counts_as_a_guardrail_intervention(upstreams, make_proxy):

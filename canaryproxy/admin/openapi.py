@@ -32,6 +32,12 @@ _STATUS = {
         "explain": {"type": "string"},
         "stage": {"type": "object"},
         "versions": {"type": "object"},
+        "tokens_estimated_share": {
+            "type": "object",
+            "description": "per version, the share of token counts in the window that the proxy "
+                           "estimated because the response had no usage (null: no token counts)",
+            "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+        },
         "rules": {"type": "array", "items": {"type": "object"}},
         "judge": {"type": "object", "nullable": True},
     },

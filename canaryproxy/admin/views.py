@@ -29,6 +29,7 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
         elapsed += max(0.0, t - state.last_t)
     window = min(window, evidence.windows.config.span_seconds)
     judge = evidence.judge
+    versions = {role.value: evidence.snapshot(role, window, wall).summary() for role in LIVE_ROLES}
     return {
         "phase": state.phase.value,
         "weight": state.weight,
@@ -48,7 +49,10 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
         "plan": [{"weight": s.weight, "hold": s.hold} for s in plan.stages],
         "explain": explain(state, plan, StepInputs(controller.verdicts), t),
         "window": window,
-        "versions": {role.value: evidence.snapshot(role, window, wall).summary() for role in LIVE_ROLES},
+        "versions": versions,
+        # Per version, the share of token counts in the window that are the proxy's estimates (no
+        # usage in the response); None without token counts.
+        "tokens_estimated_share": {name: summary["tokens"]["estimated_share"] for name, summary in versions.items()},
         "rules": [verdict_record(v) for v in controller.verdicts if not v.source.startswith("judge:")],
         "judge": judge.summary() if judge is not None else None,
         "judge_verdicts": [verdict_record(v) for v in controller.verdicts if v.source.startswith("judge:")],

@@ -1,7 +1,7 @@
 """The outcome feed on Redis: every process's finished requests, in one stream, for the evidence.
 
 Publishing is on the request path, so it only appends the request's compact record
-(core/observation.py, ~62 bytes) to an in-memory batch; a background task sends the batch every
+(core/observation.py, ~66 bytes) to an in-memory batch; a background task sends the batch every
 `flush_every` seconds as one stream entry (`XADD outcomes MINID ~ <now - retention> * r <replica>
 b <records>`), which also trims what no window can need any more. The batch is bounded: while
 Redis is away records accumulate up to `max_buffered`, then new ones are dropped and counted —

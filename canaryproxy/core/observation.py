@@ -7,7 +7,7 @@ per second, because the judge needs requests: its blocks count the canary's shar
 request and its per-key caps must meet every request of a key, whichever process served it.
 
 The binary form is fixed-size little-endian fields, then the guardrail sources as one
-NUL-separated UTF-8 string (bounded names, usually none): 62 bytes for a request without a
+NUL-separated UTF-8 string (bounded names, usually none): 66 bytes for a request without a
 guardrail intervention. None is -1 for counts and NaN for times and cost. `encode(decode(b)) == b`.
 """
 
@@ -25,8 +25,9 @@ _ERRORS = (None, *ErrorKind)
 _ERROR_CODE = {error: i for i, error in enumerate(_ERRORS)}
 
 # role, error, flags, status, weight in 0.01% steps, key hash, routed_at, latency, ttft,
-# prompt tokens, completion tokens, output chars, cost, length of the guardrail string
-_FORMAT = struct.Struct("<BBHHHQdddiiidH")
+# prompt tokens, completion tokens, the proxy's estimate of completion tokens, output chars, cost,
+# length of the guardrail string
+_FORMAT = struct.Struct("<BBHHHQdddiiiidH")
 _NAN = math.nan
 
 _HAS_KEY, _TRUNCATED, _USAGE_MISSING, _SCHEMA_CHECKED, _SCHEMA_OK, _SCHEMA_SKIPPED = (1 << i for i in range(6))
@@ -49,6 +50,7 @@ class Observation(Observed):
     prompt_tokens: int | None
     completion_tokens: int | None
     usage_missing: bool
+    estimated_tokens: int | None
     output_chars: int | None
     schema_ok: bool | None
     schema_skipped: bool
@@ -76,7 +78,7 @@ def encode(o: Observed) -> bytes:
     head = _FORMAT.pack(
         _ROLE_CODE[o.role], _ERROR_CODE[o.error], flags, o.status, round(o.weight * 100),
         o.key_hash or 0, o.routed_at, o.latency, _NAN if o.ttft is None else o.ttft,
-        _count(o.prompt_tokens), _count(o.completion_tokens), _count(o.output_chars),
+        _count(o.prompt_tokens), _count(o.completion_tokens), _count(o.estimated_tokens), _count(o.output_chars),
         _NAN if o.cost_usd is None else o.cost_usd, len(guardrails),
     )
     return head + guardrails if guardrails else head
@@ -86,7 +88,7 @@ def decode(data: bytes | memoryview, offset: int = 0) -> tuple[Observation, int]
     """The observation at `offset` and the offset after it. ValueError for bytes that are not one."""
     try:
         (role, error, flags, status, weight, key_hash, routed_at, latency, ttft, prompt, completion,
-         chars, cost, guardrails_length) = _FORMAT.unpack_from(data, offset)
+         estimated, chars, cost, guardrails_length) = _FORMAT.unpack_from(data, offset)
         end = offset + _FORMAT.size + guardrails_length
         if end > len(data):
             raise struct.error("the guardrail sources are cut short")
@@ -96,7 +98,8 @@ def decode(data: bytes | memoryview, offset: int = 0) -> tuple[Observation, int]
             key_hash=key_hash if flags & _HAS_KEY else None, status=status, latency=latency,
             truncated=bool(flags & _TRUNCATED), ttft=None if math.isnan(ttft) else ttft,
             prompt_tokens=_none_if_negative(prompt), completion_tokens=_none_if_negative(completion),
-            usage_missing=bool(flags & _USAGE_MISSING), output_chars=_none_if_negative(chars),
+            usage_missing=bool(flags & _USAGE_MISSING), estimated_tokens=_none_if_negative(estimated),
+            output_chars=_none_if_negative(chars),
             schema_ok=bool(flags & _SCHEMA_OK) if flags & _SCHEMA_CHECKED else None,
             schema_skipped=bool(flags & _SCHEMA_SKIPPED), guardrails=tuple(guardrails),
             cost_usd=None if math.isnan(cost) else cost, inspect_error=bool(flags & _INSPECT_ERROR),

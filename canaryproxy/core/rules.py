@@ -16,7 +16,9 @@ stable's value over the same window, so both sides see the same traffic at the s
 `min_samples` on both roles and a stable value. When stable's value is 0 the limit is 0:
 `above_stable` then breaches on any positive canary value (a canary that does something stable
 never does is worse by any ratio) and `below_stable` cannot breach a non-negative metric. Users
-who want slack around zero should write a constant-threshold rule.
+who want slack around zero should write a constant-threshold rule. A relative rule on a token
+metric compares like with like: reported counts with reported counts, or the proxy's own count on
+both sides when either version's counts are estimates (core/token_sources.py).
 
 Constant-threshold rules are checked on stable as well. When the canary breaches and stable, with
 enough samples, breaches the same threshold, the verdict says `also_on_stable`: the stage machine
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from canaryproxy.core.metrics import METRICS, MetricValue, Unit
+from canaryproxy.core.token_sources import TokenComparison, compared_metric
 from canaryproxy.core.types import Role, Status, Verdict
 from canaryproxy.core.units import format_duration
 
@@ -154,35 +157,52 @@ class RuleEngine:
 
     def _evaluate(self, index: int, rule: Rule, source: MetricSource, t: float,
                   stable_in_service: bool) -> Verdict:
-        canary = source.metric(Role.CANARY, rule.metric, rule.window, t)
-        stable = source.metric(Role.STABLE, rule.metric, rule.window, t)
+        compared = TokenComparison(rule.metric, None, None)
+        if rule.comparison.relative:
+            compared = compared_metric(rule.metric, source, rule.window, t)
+        metric = compared.metric or rule.metric
+        canary = source.metric(Role.CANARY, metric, rule.window, t)
+        stable = source.metric(Role.STABLE, metric, rule.window, t)
         if rule.comparison.relative and not stable_in_service:
             self._streak_starts[index] = None
             reason = f"{rule.metric}: no comparison with stable while the canary takes all traffic"
-            return _verdict(rule, Status.PASS, reason, canary, stable, None, t)
-        shortfall = _shortfall(rule, canary, "")
+            return _verdict(rule, Status.PASS, reason, canary, stable, None, t, compared=compared)
+        if compared.metric is None:  # the sources differ and nothing comparable counts both alike
+            reason = (f"insufficient data: {rule.metric} is compared on reported usage only, and "
+                      f"{compared.sources_text()}")
+            return _verdict(rule, Status.INCONCLUSIVE, reason, canary, stable, self._streak_starts[index], t,
+                            compared=compared)
+        shortfall = _shortfall(rule, canary, "", metric)
         if shortfall is None and rule.comparison.relative:
-            shortfall = _shortfall(rule, stable, " on stable")
+            shortfall = _shortfall(rule, stable, " on stable", metric)
         if shortfall is not None:
             streak_start = self._streak_starts[index]  # left as it was: see the module docstring
-            return _verdict(rule, Status.INCONCLUSIVE, shortfall, canary, stable, streak_start, t)
+            return _verdict(rule, Status.INCONCLUSIVE, _noted(shortfall, compared), canary, stable,
+                            streak_start, t, compared=compared)
 
         assert canary.value is not None  # _shortfall returned None
         limit = rule.limit(stable.value)
         assert limit is not None  # a relative rule got past _shortfall only with a stable value
         if not rule.breached_by(canary.value, limit):
             self._streak_starts[index] = None
-            reason = _pass_reason(rule, canary, stable, limit)
-            return _verdict(rule, Status.PASS, reason, canary, stable, None, t)
+            reason = _noted(_pass_reason(rule, canary, stable, limit), compared)
+            return _verdict(rule, Status.PASS, reason, canary, stable, None, t, compared=compared)
 
         streak_start = self._streak_starts[index]
         if streak_start is None:
             streak_start = self._streak_starts[index] = t
         held = t - streak_start
         status = Status.FAIL if held >= rule.for_ else Status.PENDING
-        reason = _breach_reason(rule, canary, stable, limit, held, status)
+        reason = _noted(_breach_reason(rule, canary, stable, limit, held, status), compared)
         also_on_stable = _also_on_stable(rule, stable, limit)
-        return _verdict(rule, status, reason, canary, stable, streak_start, t, also_on_stable)
+        return _verdict(rule, status, reason, canary, stable, streak_start, t, also_on_stable, compared)
+
+
+def _noted(reason: str, compared: TokenComparison) -> str:
+    """`reason`, saying so when the comparison is on the proxy's own token count."""
+    if not compared.substituted:
+        return reason
+    return f"{reason}; compared as {compared.metric} on both versions ({compared.sources_text()})"
 
 
 def _require_number(where: str, field: str, value: object) -> None:
@@ -194,14 +214,14 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _shortfall(rule: Rule, sample: MetricValue, side: str) -> str | None:
-    """Why `sample` is too thin to judge, or None when it is enough."""
+def _shortfall(rule: Rule, sample: MetricValue, side: str, metric: str) -> str | None:
+    """Why `sample` (of `metric`) is too thin to judge, or None when it is enough."""
     window = format_duration(rule.window)
-    noun = METRICS[rule.metric].samples
+    noun = METRICS[metric].samples
     if sample.samples < rule.min_samples:
         return f"insufficient data{side}: {sample.samples} of {rule.min_samples} {noun} in {window}"
     if sample.value is None:
-        return f"insufficient data{side}: no {rule.metric} value from {sample.samples} {noun} in {window}"
+        return f"insufficient data{side}: no {metric} value from {sample.samples} {noun} in {window}"
     return None
 
 
@@ -261,6 +281,7 @@ def _verdict(
     streak_start: float | None,
     t: float,
     also_on_stable: bool = False,
+    compared: TokenComparison | None = None,
 ) -> Verdict:
     details: dict[str, Any] = {
         "metric": rule.metric,
@@ -277,6 +298,9 @@ def _verdict(
         "streak_start": streak_start,
         "streak_duration": None if streak_start is None else t - streak_start,
     }
+    if compared is not None and compared.substituted:
+        details["compared_metric"] = compared.metric
+        details["estimated_share"] = {"canary": compared.canary_share, "stable": compared.stable_share}
     return Verdict(rule.name, status, reason, also_on_stable, details)
 
 

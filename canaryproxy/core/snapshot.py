@@ -79,7 +79,8 @@ class WindowSnapshot:
             "usage_missing": self.usage_missing,
             "inspect_errors": self.inspect_errors,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                       "requests": self.token_requests},
+                       "requests": self.token_requests, "estimated": self.tokens_estimated,
+                       "estimated_share": self.metric("tokens_estimated_rate").value},
             "cost_usd": self.cost_usd,
             "metrics": {
                 name: {"value": value.value, "samples": value.samples}
@@ -124,6 +125,8 @@ _METRIC_FUNCTIONS: dict[str, Callable[[WindowSnapshot], MetricValue]] = {
     "output_tokens_per_request": lambda s: _ratio(s.completion_tokens, s.token_requests),
     "prompt_tokens_per_request": lambda s: _ratio(s.prompt_tokens, s.token_requests),
     "output_tokens_p95": _quantile(lambda s: s.output_tokens, 0.95),
+    "estimated_tokens_per_request": lambda s: _ratio(s.estimated_tokens, s.estimated_token_requests),
+    "tokens_estimated_rate": lambda s: _ratio(s.tokens_estimated, s.token_requests),
     "output_length_mean": lambda s: _ratio(s.output_chars, s.output_chars_count),
     "output_length_p95": _quantile(lambda s: s.output_length, 0.95),
     "schema_failure_rate": lambda s: _ratio(s.schema_failures, s.schema_checked),

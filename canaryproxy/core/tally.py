@@ -93,9 +93,14 @@ COUNTS: tuple[Declaration, ...] = (
     _flag("schema_skipped", "o.schema_skipped"),
     _flag("guardrail_requests", "o.guardrails"),
     _flag("usage_missing", "o.usage_missing"),
+    # Responses whose token count is an estimate (no usage), of those with a count (`token_requests`).
+    _flag("tokens_estimated", "o.usage_missing and o.completion_tokens is not None"),
     _flag("inspect_errors", "o.inspect_error"),
-    _count("prompt_tokens", "o.prompt_tokens"),
-    _count("completion_tokens", "o.completion_tokens"),
+    _count("prompt_tokens", "o.prompt_tokens"),  # only ever reported: prompts are not estimated
+    _count("completion_tokens", "o.completion_tokens"),  # reported, or estimated where usage is missing
+    _count("completion_tokens_estimated", "o.completion_tokens if o.usage_missing else None"),
+    _count("estimated_tokens", "o.estimated_tokens"),  # the proxy's own count, on every version alike
+    _flag("estimated_token_requests", "o.estimated_tokens is not None"),
     _flag("cost_count", "o.cost_usd is not None"),
 )
 TOTALS: tuple[Declaration, ...] = (_total("cost_usd", "o.cost_usd"),)

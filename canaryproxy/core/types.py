@@ -97,6 +97,7 @@ class Observed:
     prompt_tokens: int | None
     completion_tokens: int | None
     usage_missing: bool
+    estimated_tokens: int | None
     output_chars: int | None
     schema_ok: bool | None
     schema_skipped: bool
@@ -169,6 +170,9 @@ class Outcome(Observed):
     completion_tokens: int | None = None
     reasoning_tokens: int | None = None
     usage_missing: bool = False  # no usage in the response; completion_tokens is an estimate
+    # Completion tokens as the proxy counted them (content deltas, or length where a stream coalesces
+    # tokens), whatever usage says: the one estimator every version gets, for like-with-like comparisons.
+    estimated_tokens: int | None = None
     output_chars: int | None = None  # content plus tool-call arguments, in characters
     finish_reason: str | None = None
     schema_ok: bool | None = None  # None: not checked

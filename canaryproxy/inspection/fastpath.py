@@ -156,6 +156,7 @@ class DeltaTemplate:
         if text is None:
             if self._sink is None and data.isascii():
                 found.output_chars += end - start  # the common case: nothing to decode
+                found.deltas += 1
                 return True
             try:
                 text = data[start:end].decode("utf-8", "surrogatepass")
@@ -181,6 +182,7 @@ class DeltaTemplate:
             if text is None:
                 if count_only:
                     found.output_chars += end - start
+                    found.deltas += 1
                     position = after
                     continue
                 try:
@@ -193,6 +195,7 @@ class DeltaTemplate:
 
     def _append(self, text: str, found: Findings) -> None:
         found.output_chars += len(text)
+        found.deltas += 1
         if self._sink is not None:
             self._sink.add(text)
 
@@ -218,6 +221,7 @@ def _read_padded_event(padded: _Padded, chunk: bytes, found: Findings) -> bool:
         and chunk.isascii()
     ):
         found.output_chars += body_end.start() - body_start
+        found.deltas += 1
         return True
     return False
 

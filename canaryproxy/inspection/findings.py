@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from canaryproxy.core.types import Role
+from canaryproxy.inspection import estimate
 from canaryproxy.inspection.guardrails import REFUSAL, record_guardrail, record_text_rules
 from canaryproxy.inspection.pricing import cost_usd, price_for
 from canaryproxy.inspection.request import RequestFacts
@@ -72,6 +73,7 @@ class Findings:
         "_keep_tool_arguments",
         "_cap",
         "output_chars",
+        "deltas",
         "first_output_at",
         "texts",
         "tool_calls",
@@ -108,6 +110,7 @@ class Findings:
         self._keep_tool_arguments = keep_tool_arguments
         self._cap = cap
         self.output_chars = 0
+        self.deltas = 0  # non-empty strings appended (content, tool arguments): one a stream event
         self.first_output_at: float | None = None
         self.texts: dict[Hashable, TextSink] = {}  # by choice / output index
         self.tool_calls: dict[Hashable, ToolCall] = {}
@@ -187,6 +190,7 @@ class Findings:
     def _appended(self, marker: bytes, text: str, sink: TextSink | None) -> None:
         self._output_started()
         self.output_chars += len(text)
+        self.deltas += 1
         self.appends += 1
         self.last_append = (marker, text, sink)
 
@@ -220,6 +224,7 @@ def record(
     inspection.reasoning_tokens = found.reasoning_tokens
     if produces_text:
         inspection.output_chars = found.output_chars
+        inspection.estimated_tokens = estimate.completion_tokens(found.output_chars, found.deltas)
         usage_reported = found.completion_tokens is not None
     else:
         usage_reported = found.prompt_tokens is not None
@@ -229,11 +234,11 @@ def record(
         if price is not None:
             inspection.cost_usd = cost_usd(price, found.prompt_tokens, found.completion_tokens)
     else:
-        # No usage block: estimate from length (about four characters a token) and say so. No
-        # cost either: without the prompt count it would be mostly invented.
+        # No usage block: the proxy's own count (estimate.py), and say so. No cost either: cost
+        # comes from reported usage only, and without the prompt count it would be mostly invented.
         inspection.usage_missing = True
         if produces_text:
-            inspection.completion_tokens = -(-found.output_chars // 4)
+            inspection.completion_tokens = inspection.estimated_tokens
     if checks:
         inspection.schema_ok, inspection.schema_skipped = _check_outputs(found, facts, settings.max_schema_bytes)
     if settings.text_rules and found.texts:

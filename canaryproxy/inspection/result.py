@@ -28,6 +28,7 @@ class Inspection:
         "completion_tokens",
         "reasoning_tokens",
         "usage_missing",
+        "estimated_tokens",
         "output_chars",
         "finish_reason",
         "schema_ok",
@@ -47,6 +48,7 @@ class Inspection:
         self.completion_tokens: int | None = None
         self.reasoning_tokens: int | None = None
         self.usage_missing = False
+        self.estimated_tokens: int | None = None  # the proxy's own count of completion tokens
         self.output_chars: int | None = None
         self.finish_reason: str | None = None
         self.schema_ok: bool | None = None
@@ -82,6 +84,7 @@ def apply(outcome: Outcome, inspection: Inspection | None, cut_short: bool) -> N
     outcome.completion_tokens = inspection.completion_tokens
     outcome.reasoning_tokens = inspection.reasoning_tokens
     outcome.usage_missing = inspection.usage_missing
+    outcome.estimated_tokens = inspection.estimated_tokens
     outcome.output_chars = inspection.output_chars
     outcome.finish_reason = inspection.finish_reason
     outcome.schema_ok = inspection.schema_ok

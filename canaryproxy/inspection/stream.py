@@ -104,7 +104,9 @@ class StreamInspector:
                     and chunk.isascii()
                 ):
                     # The hot path: one delta event of the learned shape, its string plain ASCII.
-                    self._found.output_chars += body_end - body_start
+                    found = self._found
+                    found.output_chars += body_end - body_start
+                    found.deltas += 1
                     return chunk
             if self._passthrough:
                 return chunk

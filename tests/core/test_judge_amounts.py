@@ -18,7 +18,7 @@ from tests.core.judge_support import error, feed, now, only, request, verdict
 
 
 def test_normal_mixture_matches_reference() -> None:
-    judge = Judge(only("tokens"))
+    judge = Judge(only("tokens", tests={"tokens": TestConfig(alpha=0.0005)}))
     feed(judge, [request(False, prompt_tokens=100 + 3 * i) for i in range(150)])
     feed(judge, [request(True, prompt_tokens=150 + 4 * i) for i in range(100)])
     # xs, xc = log1p(100 + 3*arange(150)), log1p(150 + 4*arange(100)); V = xc.var(ddof=1)/100 +
@@ -103,7 +103,7 @@ def test_unknown_test_name_lists_the_known_ones() -> None:
         JudgeConfig(tests={"erors": TestConfig(alpha=0.01)})
     assert str(raised.value) == (
         "judge.tests: unknown test 'erors'; known tests: errors, latency, latency_tail, guardrail, "
-        "schema, truncation, tokens, output_length, cost, log_latency"
+        "schema, truncation, tokens, estimated_tokens, output_length, cost, log_latency"
     )
 
 
@@ -136,7 +136,7 @@ def test_named_tests_override_defaults_and_disabled_tests_give_no_verdict() -> N
     judge = Judge(config)
     sources = [v.source for v in judge.verdicts()]
     assert "judge:cost" not in sources
-    assert len(sources) == 9
+    assert len(sources) == 10
     assert judge.summary()["disabled"] == ["cost"]
 
 
@@ -151,3 +151,29 @@ def test_summary_is_json_safe_after_a_canary_only_failure() -> None:
     assert errors["evidence"]["ratio"] is None
     assert errors["reason"].startswith("judge: failed requests on canary only (e-value ")
     assert summary["tests"]["tokens"]["now"]["log_e_value"] is None
+
+
+# --- like with like: token sources ---------------------------------------------------------------
+
+
+def test_a_canary_without_usage_is_tested_on_the_proxys_count_never_against_reported_counts() -> None:
+    judge = Judge(only("tokens", "estimated_tokens"))
+    rng = random.Random(3)
+
+    def reply(canary: bool, tokens: int):
+        if canary:  # the canary's server sends no usage: completion is the estimate, no prompt
+            return request(True, completion_tokens=tokens, estimated_tokens=tokens, usage_missing=True)
+        return request(False, prompt_tokens=400, completion_tokens=tokens + 1, estimated_tokens=tokens)
+
+    # Healthy: the same answers on both sides. Reported prompt + completion (~500) against the
+    # canary's estimate (~100) would be a "5x better" canary; neither test compares them.
+    feed(judge, [reply(i % 2 == 0, int(rng.lognormvariate(4.6, 0.3))) for i in range(600)])
+    assert now(judge, "tokens")["canary"] == {"samples": 0}
+    assert now(judge, "estimated_tokens")["canary"] == {"samples": 300}
+    assert {verdict(judge, name).status for name in ("tokens", "estimated_tokens")} == {Status.PASS}
+    assert 0.9 < now(judge, "estimated_tokens")["ratio"] < 1.1
+    # A real regression: the canary's answers x1.5, caught on the proxy's count.
+    feed(judge, [reply(i % 2 == 0, int(rng.lognormvariate(4.6, 0.3) * (1.5 if i % 2 == 0 else 1)))
+                 for i in range(600)])
+    assert verdict(judge, "estimated_tokens").status is Status.FAIL
+    assert verdict(judge, "tokens").status is Status.PASS

@@ -26,6 +26,7 @@ observed_outcomes = st.builds(
     prompt_tokens=st.none() | st.integers(min_value=0, max_value=10**7),
     completion_tokens=st.none() | st.integers(min_value=0, max_value=10**7),
     usage_missing=st.booleans(),
+    estimated_tokens=st.none() | st.integers(min_value=0, max_value=10**7),
     output_chars=st.none() | st.integers(min_value=0, max_value=10**8),
     schema_ok=st.none() | st.booleans(),
     schema_skipped=st.booleans(),
@@ -35,7 +36,7 @@ observed_outcomes = st.builds(
 )
 
 FIELDS = ("role", "routed_at", "weight", "key_hash", "status", "latency", "error", "truncated", "ttft",
-          "prompt_tokens", "completion_tokens", "usage_missing", "output_chars", "schema_ok",
+          "prompt_tokens", "completion_tokens", "usage_missing", "estimated_tokens", "output_chars", "schema_ok",
           "schema_skipped", "guardrails", "cost_usd", "inspect_error")
 
 
@@ -57,8 +58,8 @@ def test_a_batch_decodes_to_what_was_encoded_and_counts_the_same(batch):
     assert from_outcomes.labelled == from_observations.labelled
 
 
-def test_a_request_without_guardrails_is_62_bytes():
-    assert len(encode(Outcome(role=Role.STABLE, started=0.0))) == 62
+def test_a_request_without_guardrails_is_66_bytes():
+    assert len(encode(Outcome(role=Role.STABLE, started=0.0))) == 66
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00" * 10, encode(Outcome(role=Role.CANARY, started=0.0,
@@ -70,6 +71,6 @@ def test_bytes_that_are_not_an_observation_are_a_precise_error(data):
 
 def test_nan_never_leaks_out_of_a_decoded_observation():
     observation, end = decode(encode(Outcome(role=Role.CANARY, started=0.0)))
-    assert isinstance(observation, Observation) and end == 62
+    assert isinstance(observation, Observation) and end == 66
     assert observation.ttft is None and observation.cost_usd is None
     assert not any(isinstance(v, float) and math.isnan(v) for v in (observation.routed_at, observation.latency))

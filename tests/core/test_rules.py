@@ -23,7 +23,7 @@ class TableSource:
         self.values[(role, metric)] = MetricValue(value, samples)
 
     def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
-        return self.values[(role, name)]
+        return self.values.get((role, name), MetricValue(None, 0))  # a metric nothing counted: no value
 
 
 def errors_rule(for_: float = 300.0, **overrides: Any) -> Rule:
@@ -353,3 +353,63 @@ def test_comparisons_with_stable_pass_while_the_canary_takes_all_traffic():
     assert verdict.status is Status.PASS and "all traffic" in verdict.reason
     [verdict] = engine.evaluate(source, 20.0)
     assert verdict.status is Status.INCONCLUSIVE
+
+
+# --- like with like: token sources ---------------------------------------------------------------
+
+
+def token_source(canary_share: float, stable_share: float, **values: tuple[tuple[float, int], tuple[float, int]]
+                 ) -> TableSource:
+    source = TableSource()
+    source.set(Role.CANARY, "tokens_estimated_rate", canary_share, 100)
+    source.set(Role.STABLE, "tokens_estimated_rate", stable_share, 100)
+    for metric, (canary, stable) in values.items():
+        source.set(Role.CANARY, metric, *canary)
+        source.set(Role.STABLE, metric, *stable)
+    return source
+
+
+def tokens_above_stable(metric: str = "tokens_per_request") -> RuleEngine:
+    return RuleEngine([Rule("tokens", metric, Comparison.ABOVE_STABLE, 1.3, window=60.0, for_=0.0, min_samples=20)])
+
+
+def test_reported_on_both_sides_compares_the_metric_as_written():
+    source = token_source(0.0, 0.0, tokens_per_request=((500.0, 100), (300.0, 100)),
+                          estimated_tokens_per_request=((100.0, 100), (100.0, 100)))
+    [verdict] = tokens_above_stable().evaluate(source, 0.0)
+    assert verdict.status is Status.FAIL and "compared_metric" not in verdict.details
+    assert verdict.reason.startswith("tokens_per_request 500 > 1.3x stable 300")
+
+
+def test_estimates_on_one_side_compare_the_proxys_count_on_both():
+    # The canary's server stopped sending usage: its "tokens" are completion estimates without the
+    # prompt (80) against stable's reported prompt + completion (300). Compared as written that is
+    # no regression at all, whatever the canary does; on the proxy's own count it is like with like.
+    healthy = token_source(1.0, 0.0, tokens_per_request=((80.0, 100), (300.0, 100)),
+                           estimated_tokens_per_request=((101.0, 100), (100.0, 100)))
+    [verdict] = tokens_above_stable().evaluate(healthy, 0.0)
+    assert verdict.status is Status.PASS
+    assert verdict.reason == ("tokens_per_request 101 <= 1.3x stable 100 = 130 (canary n=100; stable "
+                              "n=100); compared as estimated_tokens_per_request on both versions (token counts "
+                              "estimated on canary 100%, stable 0%)")
+    assert verdict.details["compared_metric"] == "estimated_tokens_per_request"
+    assert verdict.details["estimated_share"] == {"canary": 1.0, "stable": 0.0}
+    regressed = token_source(1.0, 0.0, tokens_per_request=((120.0, 100), (300.0, 100)),
+                             estimated_tokens_per_request=((150.0, 100), (100.0, 100)))
+    [verdict] = tokens_above_stable().evaluate(regressed, 1.0)
+    assert verdict.status is Status.FAIL and verdict.details["canary_value"] == 150.0
+
+
+def test_a_token_metric_the_estimator_cannot_see_is_inconclusive_when_sources_differ():
+    source = token_source(0.0, 0.4, prompt_tokens_per_request=((240.0, 100), (90.0, 100)))
+    [verdict] = tokens_above_stable("prompt_tokens_per_request").evaluate(source, 0.0)
+    assert verdict.status is Status.INCONCLUSIVE
+    assert verdict.reason == ("insufficient data: prompt_tokens_per_request is compared on reported usage only, "
+                              "and token counts estimated on canary 0%, stable 40%")
+
+
+def test_constant_threshold_token_rules_are_left_as_written():
+    source = token_source(1.0, 0.0, output_tokens_per_request=((900.0, 100), (100.0, 100)))
+    rule = Rule("long", "output_tokens_per_request", Comparison.ABOVE, 500.0, window=60.0, for_=0.0)
+    [verdict] = RuleEngine([rule]).evaluate(source, 0.0)
+    assert verdict.status is Status.FAIL and "compared_metric" not in verdict.details

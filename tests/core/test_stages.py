@@ -59,7 +59,7 @@ class TableSource:
         self.values[(role, metric)] = MetricValue(value, samples)
 
     def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
-        return self.values[(role, name)]
+        return self.values.get((role, name), MetricValue(None, 0))  # a metric nothing counted: no value
 
 
 # The example rules of the brief, as config would build them.

@@ -42,6 +42,7 @@ outcomes = st.builds(
     prompt_tokens=optional_count,
     completion_tokens=optional_count,
     usage_missing=st.booleans(),
+    estimated_tokens=optional_count,
     output_chars=optional_count,
     schema_ok=st.none() | st.booleans(),
     schema_skipped=st.booleans(),
@@ -139,6 +140,9 @@ def expected_fields(selected: list[Outcome]) -> dict:
         "completion_tokens": sum(
             o.completion_tokens for o in judged if o.completion_tokens is not None),
         "token_requests": sum(o.completion_tokens is not None for o in judged),
+        "tokens_estimated": sum(o.usage_missing and o.completion_tokens is not None for o in judged),
+        "estimated_tokens": sum(o.estimated_tokens for o in judged if o.estimated_tokens is not None),
+        "estimated_token_requests": sum(o.estimated_tokens is not None for o in judged),
         "output_chars": sum(o.output_chars for o in judged if o.output_chars is not None),
         "output_chars_count": sum(o.output_chars is not None for o in judged),
         "cost_count": sum(o.cost_usd is not None for o in judged),
@@ -256,10 +260,10 @@ def test_metrics_of_a_small_window_by_hand():
     windows = Windows()
     t = 1000.25
     windows.record(llm_outcome(latency=1.0, ttft=0.2, prompt_tokens=100, completion_tokens=50,
-                               output_chars=200, schema_ok=True, cost_usd=0.01), t)
+                               estimated_tokens=46, output_chars=200, schema_ok=True, cost_usd=0.01), t)
     windows.record(llm_outcome(status=500, latency=2.0), t)
     windows.record(llm_outcome(latency=3.0, guardrails=("output", "pii"), prompt_tokens=20,
-                               completion_tokens=10, output_chars=40, schema_ok=False,
+                               completion_tokens=10, estimated_tokens=10, output_chars=40, schema_ok=False,
                                usage_missing=True, cost_usd=0.03), t)
     # The client hung up: counted as a request, in its status class and error kind, nowhere else.
     windows.record(llm_outcome(latency=100.0, error=ErrorKind.CLIENT_DISCONNECT,
@@ -282,6 +286,8 @@ def test_metrics_of_a_small_window_by_hand():
         "guardrail_rate": (1 / 3, 3),
         "truncation_rate": (0.0, 3),
         "usage_missing_rate": (0.5, 2),
+        "tokens_estimated_rate": (0.5, 2),
+        "estimated_tokens_per_request": (28.0, 2),
         "cost_per_request": (0.02, 2),
         "request_rate": (4 / 60, 4),
     }

@@ -170,7 +170,8 @@ def test_no_cost_without_usage() -> None:
     stream = (b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"hello"},"finish_reason":"stop"}]}\n\n'
               b"data: [DONE]\n\n")
     _, outcome = run(CHAT, {"model": "gpt-4o", "stream": True}, [stream], settings=InspectionSettings(prices=TABLE))
-    assert (outcome.usage_missing, outcome.completion_tokens, outcome.cost_usd) == (True, 2, None)
+    # One delta of five characters: one token, counted; no cost without reported usage.
+    assert (outcome.usage_missing, outcome.completion_tokens, outcome.cost_usd) == (True, 1, None)
 
 
 # --- settings ------------------------------------------------------------------------------------

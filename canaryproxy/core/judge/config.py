@@ -4,13 +4,18 @@ tolerance r₀, and the settings every test shares. Validated once, when built.
 The α split (Bonferroni, valid under continuous monitoring) of the default 1% family budget:
 
     errors 0.6%   latency 0.2%   latency_tail 0.04%   guardrail 0.06%   schema 0.02%
-    tokens 0.05%   truncation 0.01%   output_length 0.01%   cost 0.005%   log_latency 0.005%
+    tokens 0.025%   estimated_tokens 0.025%   truncation 0.01%   output_length 0.01%
+    cost 0.005%   log_latency 0.005%
 
 The tests with goals keep most of it; the threshold is log(1/α), so every halving of a test's α
 costs only log 2 ≈ 0.7 nats of evidence. Truncation is inside `errors` already (a truncated body
 is a failed request), length and cost move with tokens, and mean log latency overlaps the
 exceedance test: they are cross-checks and get little; tokens fire at the burn-in for a large
-change even at 0.05%. `latency_tail` gets a small α: a tail regression is large when it is there
+change even at 0.05%. The token budget is split between two tests that never mix sources: `tokens`
+takes only responses with reported usage (prompt plus completion), `estimated_tokens` the proxy's own
+count of completion tokens on every inspected response of both versions (core/token_sources.py says
+why comparing reported counts with estimates is no test); a canary whose server stops reporting
+usage is still tested, on the estimate. `latency_tail` gets a small α: a tail regression is large when it is there
 at all. A disabled test's share is simply not spent; `JudgeConfig.family_alpha` is the sum over
 the enabled tests.
 """
@@ -54,6 +59,7 @@ EVENT_TESTS: Mapping[str, str] = MappingProxyType(
 AMOUNT_TESTS: Mapping[str, str] = MappingProxyType(
     {
         "tokens": "tokens per request",
+        "estimated_tokens": "completion tokens per request as the proxy counts them",
         "output_length": "output length",
         "cost": "cost per request",
         "log_latency": "latency",
@@ -71,7 +77,8 @@ DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
         "guardrail": TestConfig(alpha=0.0006),
         "schema": TestConfig(alpha=0.0002),
         "truncation": TestConfig(alpha=0.0001),
-        "tokens": TestConfig(alpha=0.0005),
+        "tokens": TestConfig(alpha=0.00025),
+        "estimated_tokens": TestConfig(alpha=0.00025),
         "output_length": TestConfig(alpha=0.0001),
         "cost": TestConfig(alpha=0.00005),
         "log_latency": TestConfig(alpha=0.00005),

@@ -81,7 +81,7 @@ __all__ = ["AMOUNT_KINDS", "Amounts", "Block", "EventSeen", "EvidenceSink", "Int
 
 # The amount tests, in the order of the per-request samples the intake emits (`fold_samples`).
 AMOUNT_KINDS = tuple(AMOUNT_TESTS)
-Amounts = tuple[float | None, float | None, float | None, float | None]  # None: no sample
+Amounts = tuple[float | None, float | None, float | None, float | None, float | None]  # None: no sample
 _CANARY_ROLE, _STABLE_ROLE = Role.CANARY, Role.STABLE
 
 
@@ -108,7 +108,7 @@ class Intake:
         "_sink", "_lanes", "_warm_lanes", "_by_name", "_sampled", "_warm_sampled", "_sample_keys", "_p95",
         "_p99", "_observed", "_top_weight", "_warm_from", "_warmup_seconds", "_failed", "_latency",
         "_guardrail", "_schema_checked", "_schema_failure", "_truncated", "_prompt_tokens",
-        "_completion_tokens", "_output_length", "_cost_usd",
+        "_completion_tokens", "_usage_missing", "_estimated_tokens", "_output_length", "_cost_usd",
     )  # fmt: skip
 
     def __init__(self, config: JudgeConfig, sink: EvidenceSink) -> None:
@@ -136,6 +136,8 @@ class Intake:
         self._truncated: Callable[[Observed], bool] = DECLARED["truncated"].of
         self._prompt_tokens: Callable[[Observed], int | None] = DECLARED["prompt_tokens"].of
         self._completion_tokens: Callable[[Observed], int | None] = DECLARED["completion_tokens"].of
+        self._usage_missing: Callable[[Observed], bool] = DECLARED["usage_missing"].of
+        self._estimated_tokens: Callable[[Observed], int | None] = DECLARED["estimated_tokens"].of
         self._output_length: Callable[[Observed], int | None] = DECLARED["output_length"].of
         self._cost_usd: Callable[[Observed], float | None] = DECLARED["cost_usd"].of
 
@@ -197,15 +199,20 @@ class Intake:
 
     def amounts_of(self, o: Observed, cold: bool) -> Amounts:
         """The amount samples of a request that did not fail (`AMOUNT_KINDS`), in units whose
-        typical values are much larger than 1 (amounts.py says why): tokens (prompt plus
-        completion), characters, micro-USD, milliseconds (not in a warm-up). A negative amount is
-        a bug upstream and no sample: a sink must not raise."""
+        typical values are much larger than 1 (amounts.py says why): reported tokens (prompt plus
+        completion; no sample without usage, so that reported counts meet only reported counts),
+        the proxy's own count of completion tokens, characters, micro-USD, milliseconds (not in a
+        warm-up). A negative amount is a bug upstream and no sample: a sink must not raise."""
         prompt, completion = self._prompt_tokens(o), self._completion_tokens(o)
-        tokens = None if prompt is None and completion is None else (prompt or 0) + (completion or 0)
+        tokens = None
+        if not self._usage_missing(o) and (prompt is not None or completion is not None):
+            tokens = (prompt or 0) + (completion or 0)
+        estimated = self._estimated_tokens(o)
         length, cost = self._output_length(o), self._cost_usd(o)
         milliseconds = None if cold else self._latency(o) * 1000.0
         return (
             None if tokens is None or tokens < 0 else tokens,
+            None if estimated is None or estimated < 0 else estimated,
             None if length is None or length < 0 else length,
             None if cost is None or cost < 0.0 else cost * 1e6,
             None if milliseconds is None or milliseconds < 0.0 else milliseconds,
