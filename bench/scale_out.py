@@ -11,6 +11,9 @@ of two aiohttp upstreams, all on 127.0.0.1, using the tests' real-process harnes
   figures include up to one poll interval.
 * failover: `--failovers` times, `kill -9` of the leader, then the time until another replica
   leads and has evaluated once; the killed replica is started again before the next trial.
+* detection (`--detection N`): the same regression (canary errors 3x stable's 2%) judged by the
+  sequential judge through 3 replicas and through 1, N trials each, with the same traffic; the
+  canary requests the client saw until the rollback, median per setup.
 
 The hot-path cost of coordination is in bench/proxy_overhead.py (setups canaryproxy-rollout and
 canaryproxy-redis). Numbers: bench/README.md, "Many proxies, one rollout".
@@ -87,7 +90,75 @@ async def failover(fleet: Fleet, trials: int) -> list[float]:
     return times
 
 
+JUDGED = """\
+  stages: [{weight: 20, hold: 50m}, {weight: 100, hold: 1m}]
+  min_requests: 1
+  evaluate_every: 100ms"""
+
+
+def flaky(rate: float, seed: int):
+    import random
+
+    from aiohttp import web
+
+    chance = random.Random(seed)
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        if chance.random() < rate:
+            return web.json_response({"error": "boom"}, status=500)
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    return handler
+
+
+async def detection_trial(work: Path, replicas: int, seed: int) -> int:
+    from tests.fleet import spread_traffic
+
+    redis = RedisServer(work / f"redis-{replicas}-{seed}")
+    redis.start()
+    stable, canary = Upstream("stable"), Upstream("canary")
+    stable.on("POST", "/v1/chat/completions", flaky(0.02, seed))
+    canary.on("POST", "/v1/chat/completions", flaky(0.06, seed + 1))
+    await stable.start()
+    await canary.start()
+    directory = work / f"trial-{replicas}-{seed}"
+    directory.mkdir()
+    fleet = Fleet(directory, redis, stable.url, canary.url, JUDGED, n=replicas)
+    canary_requests = 0
+    try:
+        await fleet.start()
+        await fleet.wait_for(lambda s: all(x["weight"] == 20.0 for x in s))
+        while True:
+            counts = await spread_traffic(fleet.live, 60, concurrency=6)
+            canary_requests += sum(v for k, v in counts.items() if k.endswith(":canary") and not k.startswith("r"))
+            if (await fleet.replicas[0].status())["phase"] == "rolled_back":
+                return canary_requests
+            assert canary_requests < 50_000, "no rollback"
+    finally:
+        await fleet.stop()
+        await stable.stop()
+        await canary.stop()
+        redis.stop()
+
+
+async def detection(trials: int) -> dict[int, list[int]]:
+    results: dict[int, list[int]] = {1: [], 3: []}
+    with tempfile.TemporaryDirectory() as directory:
+        for seed in range(trials):
+            for replicas in (3, 1):
+                results[replicas].append(await detection_trial(Path(directory), replicas, 1000 + seed))
+    return results
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.detection:
+        results = await detection(args.detection)
+        one, three = statistics.median(results[1]), statistics.median(results[3])
+        print(f"detection, errors x3 (2% -> 6%), {args.detection} trials: canary requests to rollback, "
+              f"median 1 process {one:.0f} {sorted(results[1])}, 3 replicas {three:.0f} {sorted(results[3])}; "
+              f"ratio {three / one:.2f} (goal within 10%)")
+        return
     lease = parse_duration(args.lease)
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
@@ -121,4 +192,6 @@ if __name__ == "__main__":
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--failovers", type=int, default=20)
     parser.add_argument("--lease", default="1s")
+    parser.add_argument("--detection", type=int, default=0, metavar="TRIALS",
+                        help="run only the detection comparison, with this many trials per setup")
     asyncio.run(main(parser.parse_args()))

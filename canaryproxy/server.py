@@ -291,10 +291,30 @@ class CanaryProxy:
         try:
             await stop.wait()
             log.info("signal received: draining")
+            _exit_if_stuck(self.config.timeouts.drain + SHUTDOWN_SLACK)
             await self.shutdown()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+
+SHUTDOWN_SLACK = 10.0  # seconds a shutdown may take beyond the drain window
+
+
+def _exit_if_stuck(after: float) -> None:
+    """A shutdown that outlives the drain window by SHUTDOWN_SLACK ends the process anyway: an
+    orchestrator waits for it, and a stuck close (a peer that never answers) must not hold it."""
+    import os
+    import threading
+
+    def exit_now() -> None:
+        log.error("shutdown still not done %gs after the signal: exiting", after)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(after, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -249,9 +249,9 @@ async def test_workers_2_serve_one_port_as_one_rollout(tmp_path, redis, upstream
     second = Replica("w1", replica.config, replica.port, replica.admin_port + 1)
     try:
         await wait_until_ready(second.admin_port, replica.process, replica.log.read_text)
-        await fleet.wait_for(lambda s: all(x["weight"] == 20.0 for x in s), replicas=[replica, second])
-        statuses = await fleet.statuses([replica, second])
-        assert sum(s["coordination"]["leads"] for s in statuses) == 1
+        statuses = await fleet.wait_for(
+            lambda s: all(x["weight"] == 20.0 for x in s) and sum(x["coordination"]["leads"] for x in s) == 1,
+            replicas=[replica, second])
         assert len({s["coordination"]["replica"] for s in statuses}) == 2
         for _ in range(40):  # each a new connection, which the kernel gives to either worker
             counts = await spread_traffic([replica], 1, concurrency=1)
