@@ -121,68 +121,10 @@ class Exporter(Collector):
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        roles = self._totals.roles
-        requests = CounterMetricFamily(
-            "canaryproxy_requests", "Requests finished, by version and status class "
-            "(none: the connection ended before a status was sent).", labels=["version", "status_class"])
-        errors = CounterMetricFamily(
-            "canaryproxy_upstream_errors", "Requests that failed at the upstream, by kind.",
-            labels=["version", "kind"])
-        truncated = CounterMetricFamily(
-            "canaryproxy_truncated_streams", "Responses cut off before their end.", labels=["version"])
-        schema_checks = CounterMetricFamily(
-            "canaryproxy_schema_checks", "Outputs checked against a JSON schema.", labels=["version"])
-        schema_failures = CounterMetricFamily(
-            "canaryproxy_schema_failures", "Outputs that did not parse or validate against their schema.",
-            labels=["version"])
-        guardrails = CounterMetricFamily(
-            "canaryproxy_guardrail_interventions", "Guardrail interventions, by source.",
-            labels=["version", "source"])
-        tokens = CounterMetricFamily(
-            "canaryproxy_tokens", "Tokens by source: reported by the upstream's usage, or estimated by "
-            "the proxy for responses without usage (completion tokens only: prompts are not estimated).",
-            labels=["version", "kind", "source"])
-        without_usage = CounterMetricFamily(
-            "canaryproxy_responses_without_usage", "LLM responses that carried no usage: their completion "
-            "tokens are estimated and they have no cost.", labels=["version"])
-        cost = CounterMetricFamily(
-            "canaryproxy_cost_usd", "Cost from the configured price table, of responses with reported usage "
-            "only (canaryproxy_responses_without_usage counts those without), in USD.",
-            labels=["version"])
-        duration = HistogramMetricFamily(
-            "canaryproxy_request_duration_seconds", "Time from request received to last byte sent.",
-            labels=["version"])
-        ttft = HistogramMetricFamily(
-            "canaryproxy_time_to_first_token_seconds", "Time from request received to the first content token.",
-            labels=["version"])
-        length = HistogramMetricFamily(
-            "canaryproxy_output_length_chars", "Output length in characters (content plus tool-call arguments).",
-            labels=["version"])
+        families = _traffic_families()
         for role in _ROLES:
-            totals = roles[role]
-            tally = totals.tally
-            version = role.value
-            for status_class, count in sorted(tally.labels("status_classes").items()):
-                requests.add_metric([version, status_class], count)
-            for kind, count in sorted(tally.labels("errors").items()):
-                if ErrorKind(kind).is_upstream_fault:
-                    errors.add_metric([version, kind], count)
-            truncated.add_metric([version], tally.count("truncated"))
-            schema_checks.add_metric([version], tally.count("schema_checked"))
-            schema_failures.add_metric([version], tally.count("schema_failures"))
-            for source, count in sorted(tally.labels("guardrails").items()):
-                guardrails.add_metric([version, source], count)
-            estimated = tally.count("completion_tokens_estimated")
-            tokens.add_metric([version, "prompt", "reported"], tally.count("prompt_tokens"))
-            tokens.add_metric([version, "completion", "reported"], tally.count("completion_tokens") - estimated)
-            tokens.add_metric([version, "completion", "estimated"], estimated)
-            without_usage.add_metric([version], tally.count("usage_missing"))
-            cost.add_metric([version], tally.total("cost_usd"))
-            for family, name in ((duration, "latency"), (ttft, "ttft"), (length, "output_length")):
-                histogram = totals.histograms[name][1]
-                family.add_metric([version], histogram.family_buckets(), histogram.total)
-        yield from (requests, errors, truncated, schema_checks, schema_failures, guardrails, tokens,
-                    without_usage, cost, duration, ttft, length)
+            _add_version(families, role.value, self._totals.roles[role])
+        yield from families.values()
         if self._retries is not None:
             yield retry_family(self._retries())
         yield GaugeMetricFamily(
@@ -190,6 +132,74 @@ class Exporter(Collector):
             value=self._weight())
         if self._rollout is not None:
             yield from rollout_families(self._rollout())
+
+
+def _traffic_families() -> dict[str, Metric]:
+    """The per-version traffic families, empty."""
+    requests = CounterMetricFamily(
+        "canaryproxy_requests", "Requests finished, by version and status class "
+        "(none: the connection ended before a status was sent).", labels=["version", "status_class"])
+    errors = CounterMetricFamily(
+        "canaryproxy_upstream_errors", "Requests that failed at the upstream, by kind.",
+        labels=["version", "kind"])
+    truncated = CounterMetricFamily(
+        "canaryproxy_truncated_streams", "Responses cut off before their end.", labels=["version"])
+    schema_checks = CounterMetricFamily(
+        "canaryproxy_schema_checks", "Outputs checked against a JSON schema.", labels=["version"])
+    schema_failures = CounterMetricFamily(
+        "canaryproxy_schema_failures", "Outputs that did not parse or validate against their schema.",
+        labels=["version"])
+    guardrails = CounterMetricFamily(
+        "canaryproxy_guardrail_interventions", "Guardrail interventions, by source.",
+        labels=["version", "source"])
+    tokens = CounterMetricFamily(
+        "canaryproxy_tokens", "Tokens by source: reported by the upstream's usage, or estimated by "
+        "the proxy for responses without usage (completion tokens only: prompts are not estimated).",
+        labels=["version", "kind", "source"])
+    without_usage = CounterMetricFamily(
+        "canaryproxy_responses_without_usage", "LLM responses that carried no usage: their completion "
+        "tokens are estimated and they have no cost.", labels=["version"])
+    cost = CounterMetricFamily(
+        "canaryproxy_cost_usd", "Cost from the configured price table, of responses with reported usage "
+        "only (canaryproxy_responses_without_usage counts those without), in USD.",
+        labels=["version"])
+    duration = HistogramMetricFamily(
+        "canaryproxy_request_duration_seconds", "Time from request received to last byte sent.",
+        labels=["version"])
+    ttft = HistogramMetricFamily(
+        "canaryproxy_time_to_first_token_seconds", "Time from request received to the first content token.",
+        labels=["version"])
+    length = HistogramMetricFamily(
+        "canaryproxy_output_length_chars", "Output length in characters (content plus tool-call arguments).",
+        labels=["version"])
+    return {"requests": requests, "errors": errors, "truncated": truncated, "schema_checks": schema_checks,
+            "schema_failures": schema_failures, "guardrails": guardrails, "tokens": tokens,
+            "without_usage": without_usage, "cost": cost, "duration": duration, "ttft": ttft, "length": length}
+
+
+def _add_version(families: dict[str, Metric], version: str, totals: _RoleTotals) -> None:
+    """One version's samples into every traffic family."""
+    tally = totals.tally
+    for status_class, count in sorted(tally.labels("status_classes").items()):
+        families["requests"].add_metric([version, status_class], count)
+    for kind, count in sorted(tally.labels("errors").items()):
+        if ErrorKind(kind).is_upstream_fault:
+            families["errors"].add_metric([version, kind], count)
+    families["truncated"].add_metric([version], tally.count("truncated"))
+    families["schema_checks"].add_metric([version], tally.count("schema_checked"))
+    families["schema_failures"].add_metric([version], tally.count("schema_failures"))
+    for source, count in sorted(tally.labels("guardrails").items()):
+        families["guardrails"].add_metric([version, source], count)
+    estimated = tally.count("completion_tokens_estimated")
+    tokens = families["tokens"]
+    tokens.add_metric([version, "prompt", "reported"], tally.count("prompt_tokens"))
+    tokens.add_metric([version, "completion", "reported"], tally.count("completion_tokens") - estimated)
+    tokens.add_metric([version, "completion", "estimated"], estimated)
+    families["without_usage"].add_metric([version], tally.count("usage_missing"))
+    families["cost"].add_metric([version], tally.total("cost_usd"))
+    for family, name in (("duration", "latency"), ("ttft", "ttft"), ("length", "output_length")):
+        histogram = totals.histograms[name][1]
+        families[family].add_metric([version], histogram.family_buckets(), histogram.total)
 
 
 def retry_family(retries: Mapping[Role, Mapping[str, int]]) -> Metric:
