@@ -98,22 +98,32 @@ def write_config(workdir: Path, name: str, config: dict[str, Any]) -> Path:
 
 
 def start_proxy(processes: Processes, workdir: Path, name: str, config: dict[str, Any],
-                env_argv: list[str] | None = None) -> Proxy:
-    """`python -m canaryproxy run` pinned to the proxy's core; returns once both listeners accept."""
+                launcher: list[str] | None = None, listen_timeout: float = 20.0) -> Proxy:
+    """`python -m canaryproxy run` (or `launcher` + `run`) pinned to the proxy's core; returns once
+    both listeners accept."""
     path = write_config(workdir, name, config)
     port = int(config["listen"].rsplit(":", 1)[1])
     admin_port = int(config["admin"]["listen"].rsplit(":", 1)[1])
-    argv = [*(env_argv or []), sys.executable, "-m", "canaryproxy", "run", "--config", str(path)]
+    argv = [*(launcher or [sys.executable, "-m", "canaryproxy"]), "run", "--config", str(path)]
     process = processes.start(name, argv, PROXY_CORE)
-    processes.wait_listening(name, process, port)
-    processes.wait_listening(name, process, admin_port)
+    processes.wait_listening(name, process, port, listen_timeout)
+    processes.wait_listening(name, process, admin_port, listen_timeout)
     return Proxy(process, port, admin_port, name, path)
 
 
 def new_proxy(processes: Processes, workdir: Path, stable: int, canary: int, name: str = "canaryproxy",
-              extra: dict[str, Any] | None = None, env_argv: list[str] | None = None) -> Proxy:
+              extra: dict[str, Any] | None = None, launcher: list[str] | None = None,
+              listen_timeout: float = 20.0) -> Proxy:
     config = proxy_config(free_port(), free_port(), stable, canary, workdir, extra)
-    return start_proxy(processes, workdir, name, config, env_argv)
+    return start_proxy(processes, workdir, name, config, launcher, listen_timeout)
+
+
+def requests_finished(admin_port: int) -> int:
+    """Requests the proxy has finished (every version and status), from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5.0) as answer:
+        text = answer.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("canaryproxy_requests_total{")))
 
 
 def admin_get(admin_port: int, path: str, timeout: float = 5.0) -> Any:
