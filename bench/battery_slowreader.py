@@ -118,7 +118,7 @@ async def _round(port: int, admin_port: int, readers: int, first_user: int, prob
 async def _scenario(port: int, admin_port: int, readers: int, rounds: int, probe: Probe,
                     warmup_batches: int) -> dict[str, Any]:
     for batch in range(warmup_batches):  # warm-up: full reads fill pools, caches and buffers once
-        await asyncio.gather(*(_read_whole(port, 10_000 + batch * 10 + i) for i in range(10)))
+        await asyncio.gather(*(_read_whole(port, 10_000 + batch * 10 + i) for i in range(5)))
     facts: dict[str, Any] = {"baseline": probe("baseline"), "rounds": []}
     for number in range(1, rounds + 1):
         peak, ends = await _round(port, admin_port, readers, number * 1000, probe, f"round {number}")
