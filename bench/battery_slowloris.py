@@ -73,7 +73,18 @@ async def _paced_load(port: int, body_file: Path, seconds: float, log_file: Path
     raise RigError(f"the paced load printed no result line:\n{output[-1000:]!r}")
 
 
-async def _scenario(port: int, pid: int, connections: int, seconds: float, workdir: Path) -> dict[str, object]:
+@dataclass
+class Facts:
+    baseline: dict[str, float]
+    during: dict[str, float]
+    tally: Trickling
+    still_open: int
+    rss_before: float
+    rss_during: float
+    cpu_s: float
+
+
+async def _scenario(port: int, pid: int, connections: int, seconds: float, workdir: Path) -> Facts:
     import payloads
 
     body_file = workdir / "json-request.json"
@@ -91,8 +102,7 @@ async def _scenario(port: int, pid: int, connections: int, seconds: float, workd
     rss_during, cpu = rss_mb(pid), cpu_seconds(pid) - cpu_before
     stop.set()
     await asyncio.gather(*attackers)
-    return {"baseline": baseline, "during": during, "tally": tally, "still_open": still_open,
-            "rss": (rss_before, rss_during), "cpu_s": cpu}
+    return Facts(baseline, during, tally, still_open, rss_before, rss_during, cpu)
 
 
 def run_slowloris(workdir: Path, connections: int, seconds: float) -> list[Row]:
@@ -102,20 +112,18 @@ def run_slowloris(workdir: Path, connections: int, seconds: float) -> list[Row]:
         facts = asyncio.run(_scenario(proxy.port, proxy.process.pid, connections, seconds, workdir))
         if proxy.process.poll() is not None:
             raise RigError("the proxy exited during the slowloris run")
-    base, during = facts["baseline"], facts["during"]
-    tally: Trickling = facts["tally"]  # type: ignore[assignment]
+    base, during, tally = facts.baseline, facts.during, facts.tally
     errors = int(during["errors_status"] + during["errors_connection"])
     closed = tally.closed_after_s
     p99_ok = during["p99_us"] <= max(3 * base["p99_us"], base["p99_us"] + 10_000)
-    rss_before, rss_during = facts["rss"]  # type: ignore[misc]
     return [Row(
         "slowloris", f"{connections} conns trickling 1 header line/s, {PACED_RATE:g} req/s real JSON for {seconds:g} s",
         f"{tally.connected} connected, {len(closed)} closed by the proxy"
         + (f" (median after {statistics.median(closed):.0f} s: {tally.answers})" if closed else "")
-        + f", {facts['still_open']} still open; real traffic {int(during['requests'])} requests, {errors} errors",
+        + f", {facts.still_open} still open; real traffic {int(during['requests'])} requests, {errors} errors",
         f"real p50/p99 {base['p50_us'] / 1000:.2f}/{base['p99_us'] / 1000:.2f} ms without -> "
-        f"{during['p50_us'] / 1000:.2f}/{during['p99_us'] / 1000:.2f} ms during; proxy RSS {rss_before:.1f} -> "
-        f"{rss_during:.1f} MB, CPU {facts['cpu_s']:.1f} s",
+        f"{during['p50_us'] / 1000:.2f}/{during['p99_us'] / 1000:.2f} ms during; proxy RSS {facts.rss_before:.1f} -> "
+        f"{facts.rss_during:.1f} MB, CPU {facts.cpu_s:.1f} s",
         errors == 0 and p99_ok,
         {"baseline": base, "during": during, "closed_after_s": closed, "answers": tally.answers},
     )]
