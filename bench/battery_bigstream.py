@@ -38,11 +38,14 @@ def application(events: int, event_bytes: int) -> web.Application:
         await request.read()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        await response.write(_event({"role": "assistant", "content": ""}))
-        for _ in range(events):
-            await response.write(content_event)
-        await response.write(tail)
-        await response.write_eof()
+        try:
+            await response.write(_event({"role": "assistant", "content": ""}))
+            for _ in range(events):
+                await response.write(content_event)
+            await response.write(tail)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the proxy closed the stream (its client stopped reading): expected, no traceback
         return response
 
     app = web.Application()
@@ -54,7 +57,9 @@ async def serve(ports: list[int], events: int, event_bytes: int) -> None:
     runner = web.AppRunner(application(events, event_bytes), handle_signals=False)
     await runner.setup()
     for port in ports:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        # The proxy opens hundreds of upstream connections in a burst: the default backlog of 128
+        # would drop SYNs and stall connects for seconds.
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

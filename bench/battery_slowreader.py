@@ -176,7 +176,8 @@ def run_slow_reader(workdir: Path, readers: int = 200, rounds: int = 3) -> list[
                                       traced["rounds"][-1]["peak"]["name"], top=10)
     row.details["top_while_stalled"] = held_while_stalled
     log("slow-reader: held while stalled (vs baseline): " + "; ".join(held_while_stalled))
-    row.held = growth < 1.0 and row.held is not False
+    # Under tracemalloc, malloc's own count includes the traces: the traced growth is the criterion.
+    row.held = growth < 1.0
     rows.append(row)
     log(f"slow-reader: both runs in {time.monotonic() - started:.0f} s; leftovers: " + "; ".join(lines))
     return rows
@@ -197,9 +198,10 @@ def _row(mode: str, what: str, facts: dict[str, Any], readers: int, rounds: int)
         + f" -> after malloc_trim {facts['trimmed']['rss_mb']:.1f} MB; malloc in use {base['malloc_used_mb']:.1f}"
         f" -> {used_after:.1f} MB (heap {facts['rounds'][-1]['after']['malloc_heap_mb']:.1f})"
     )
-    # Held: later rounds do not add to what the first one left (no per-request leak), and no client
-    # was left open or closed with a FIN behind unsent data.
-    growth_after_first = rss_after[-1] - rss_after[0]
-    held = growth_after_first < 5.0 and ends.get("reset", 0) == readers * rounds
+    # Held: what malloc has handed out is back at the baseline after every round (a leak would keep
+    # some per round), and no client was left open. RSS is not the criterion: it keeps the highest
+    # peak (glibc's free heap), which depends on how many streams stalled at once.
+    used_growth = max(r["after"]["malloc_used_mb"] for r in facts["rounds"]) - base["malloc_used_mb"]
+    held = used_growth < 2.0 and not ends.get("open")
     counts = f"{rounds} rounds x {readers} readers x 16 MB streams; ends " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items()))
     return Row(mode, what, counts, figures, held, facts)
