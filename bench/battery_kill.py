@@ -124,7 +124,8 @@ def run_kill9(workdir: Path, rounds: int) -> list[Row]:
     restarts.sort()
     return [Row(
         "kill9", f"kill -9 x {rounds} during a rollout (promote/pause/resume between kills)",
-        f"{rounds - len(mismatches)}/{rounds} resumed exactly; trickle {trickle.ok} ok, {trickle.refused} refused while down, "
+        f"{rounds - len(mismatches)}/{rounds} resumed exactly; trickle {trickle.ok} ok, "
+        f"{trickle.refused} refused while down, "
         f"{trickle.failed} cut or non-200",
         f"restart to listening p50 {restarts[len(restarts) // 2]:.2f} s, max {restarts[-1]:.2f} s; "
         f"{elapsed:.0f} s in all; ended at stage {final['stage']} weight {final['weight']} ({final['phase']})",

@@ -169,7 +169,8 @@ def run_slow_reader(workdir: Path, readers: int = 200, rounds: int = 3) -> list[
     growth, lines = leftovers(Path(traced["probe_dir"]), traced["baseline"]["name"], last)
     row = _row("slow-reader", "the same under tracemalloc (10 frames)", traced, traced_readers, rounds)
     base, peak = traced["baseline"]["traced_mb"], max(r["peak"]["traced_mb"] for r in traced["rounds"])
-    row.figures += (f"; traced Python memory {base:.1f} -> peak {peak:.1f} -> {traced['rounds'][-1]['after']['traced_mb']:.1f} MB"
+    after = traced["rounds"][-1]["after"]["traced_mb"]
+    row.figures += (f"; traced Python memory {base:.1f} -> peak {peak:.1f} -> {after:.1f} MB"
                     f" ({growth:+.2f} MB left after {rounds} rounds)")
     row.details["top_leftovers"] = lines
     _, held_while_stalled = leftovers(Path(traced["probe_dir"]), traced["baseline"]["name"],
@@ -203,5 +204,6 @@ def _row(mode: str, what: str, facts: dict[str, Any], readers: int, rounds: int)
     # peak (glibc's free heap), which depends on how many streams stalled at once.
     used_growth = max(r["after"]["malloc_used_mb"] for r in facts["rounds"]) - base["malloc_used_mb"]
     held = used_growth < 2.0 and not ends.get("open")
-    counts = f"{rounds} rounds x {readers} readers x 16 MB streams; ends " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items()))
+    counts = (f"{rounds} rounds x {readers} readers x 16 MB streams; ends "
+              + ", ".join(f"{k} {v}" for k, v in sorted(ends.items())))
     return Row(mode, what, counts, figures, held, facts)
