@@ -129,8 +129,10 @@ async def detection_trial(work: Path, replicas: int, seed: int) -> int:
     try:
         await fleet.start()
         await fleet.wait_for(lambda s: all(x["weight"] == 20.0 for x in s))
-        while True:
-            counts = await spread_traffic(fleet.live, 60, concurrency=6)
+        users = 0
+        while True:  # every request from a new user: the judge's per-user caps never bind
+            counts = await spread_traffic(fleet.live, 60, concurrency=6, first_user=users)
+            users += 60
             canary_requests += sum(v for k, v in counts.items() if k.endswith(":canary") and not k.startswith("r"))
             if (await fleet.replicas[0].status())["phase"] == "rolled_back":
                 return canary_requests

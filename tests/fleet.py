@@ -137,9 +137,10 @@ state:
         return next(r for r, s in zip(self.live, statuses) if s["coordination"]["leads"])
 
 
-async def spread_traffic(replicas: list[Replica], count: int, *, concurrency: int = 12) -> dict[str, int]:
-    """`count` requests, round-robin over `replicas`, each from its own user; returns counts by
-    "status:version" and by "replica:version"."""
+async def spread_traffic(replicas: list[Replica], count: int, *, concurrency: int = 12,
+                         first_user: int = 0) -> dict[str, int]:
+    """`count` requests, round-robin over `replicas`, each from its own user (numbered from
+    `first_user`); returns counts by "status:version" and by "replica:version"."""
     counts: dict[str, int] = {}
     queue = list(range(count))
 
@@ -150,7 +151,7 @@ async def spread_traffic(replicas: list[Replica], count: int, *, concurrency: in
             try:
                 async with client.post(f"http://127.0.0.1:{replica.port}/v1/chat/completions",
                                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                                       headers={"X-User-Id": f"user-{i}"}) as r:
+                                       headers={"X-User-Id": f"user-{first_user + i}"}) as r:
                     await r.read()
                     served = r.headers.get("X-Canary-Version", "?")
                     key = f"{r.status}:{served}"
