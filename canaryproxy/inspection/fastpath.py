@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from json.decoder import scanstring
 
-from canaryproxy.inspection.findings import ONE_DELTA, Findings, TextSink
+from canaryproxy.inspection.findings import Findings, TextSink
 
 # The first byte that ends the plain body of a JSON string: a quote, a backslash or a control byte.
 BODY_END = re.compile(rb'["\\\x00-\x1f]')
@@ -155,7 +155,8 @@ class DeltaTemplate:
         start, end, text, _after = fit
         if text is None:
             if self._sink is None and data.isascii():
-                found.text_tally += end - start + ONE_DELTA  # the common case: nothing to decode
+                found.output_chars += end - start  # the common case: nothing to decode
+                found.deltas += 1
                 return True
             try:
                 text = data[start:end].decode("utf-8", "surrogatepass")
@@ -180,7 +181,8 @@ class DeltaTemplate:
             start, end, text, after = fit
             if text is None:
                 if count_only:
-                    found.text_tally += end - start + ONE_DELTA
+                    found.output_chars += end - start
+                    found.deltas += 1
                     position = after
                     continue
                 try:
@@ -192,7 +194,8 @@ class DeltaTemplate:
         return position
 
     def _append(self, text: str, found: Findings) -> None:
-        found.text_tally += len(text) + ONE_DELTA
+        found.output_chars += len(text)
+        found.deltas += 1
         if self._sink is not None:
             self._sink.add(text)
 
@@ -217,7 +220,8 @@ def _read_padded_event(padded: _Padded, chunk: bytes, found: Findings) -> bool:
         and BODY_END.search(chunk, padding_start, padding_end) is None
         and chunk.isascii()
     ):
-        found.text_tally += body_end.start() - body_start + ONE_DELTA
+        found.output_chars += body_end.start() - body_start
+        found.deltas += 1
         return True
     return False
 

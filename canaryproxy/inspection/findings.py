@@ -56,11 +56,6 @@ class ToolCall:
         self.arguments = arguments
 
 
-DELTA_SHIFT = 40  # a response's characters stay far below 2**40
-ONE_DELTA = 1 << DELTA_SHIFT
-CHARS_MASK = ONE_DELTA - 1
-
-
 class Findings:
     """Everything read so far from one response.
 
@@ -77,7 +72,8 @@ class Findings:
         "_keep_text",
         "_keep_tool_arguments",
         "_cap",
-        "text_tally",
+        "output_chars",
+        "deltas",
         "first_output_at",
         "texts",
         "tool_calls",
@@ -113,10 +109,8 @@ class Findings:
         self._keep_text = keep_text
         self._keep_tool_arguments = keep_tool_arguments
         self._cap = cap
-        # Characters appended (the low bits) and non-empty strings appended (content, tool
-        # arguments: one a stream event; the high bits) in one int, so the hot paths pay one
-        # addition per delta for both: `text_tally += length + ONE_DELTA`.
-        self.text_tally = 0
+        self.output_chars = 0
+        self.deltas = 0  # non-empty strings appended (content, tool arguments): one a stream event
         self.first_output_at: float | None = None
         self.texts: dict[Hashable, TextSink] = {}  # by choice / output index
         self.tool_calls: dict[Hashable, ToolCall] = {}
@@ -189,21 +183,14 @@ class Findings:
             call = self.tool_calls[key] = ToolCall(TextSink(self._cap))
         return call
 
-    @property
-    def output_chars(self) -> int:
-        return self.text_tally & CHARS_MASK
-
-    @property
-    def deltas(self) -> int:
-        return self.text_tally >> DELTA_SHIFT
-
     def _output_started(self) -> None:
         if self.first_output_at is None and self._now is not None:
             self.first_output_at = self._now()
 
     def _appended(self, marker: bytes, text: str, sink: TextSink | None) -> None:
         self._output_started()
-        self.text_tally += len(text) + ONE_DELTA
+        self.output_chars += len(text)
+        self.deltas += 1
         self.appends += 1
         self.last_append = (marker, text, sink)
 

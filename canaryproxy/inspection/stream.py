@@ -36,7 +36,7 @@ from typing import Any
 
 from canaryproxy.inspection import jsonbytes
 from canaryproxy.inspection.fastpath import BODY_END, DeltaTemplate, Quick
-from canaryproxy.inspection.findings import ONE_DELTA, Findings, record
+from canaryproxy.inspection.findings import Findings, record
 from canaryproxy.inspection.request import RequestFacts
 from canaryproxy.inspection.settings import InspectionSettings
 from canaryproxy.inspection.sse import SSEDecoder, SSEEvent
@@ -105,7 +105,8 @@ class StreamInspector:
                 ):
                     # The hot path: one delta event of the learned shape, its string plain ASCII.
                     found = self._found
-                    found.text_tally += body_end - body_start + ONE_DELTA
+                    found.output_chars += body_end - body_start
+                    found.deltas += 1
                     return chunk
             if self._passthrough:
                 return chunk
