@@ -19,6 +19,26 @@ from tests.test_cli import free_port
 TOKEN = "t0ken"
 
 
+def free_ports_in_a_row(n: int) -> int:
+    """The first of `n` consecutive free loopback ports (`run --workers N` uses admin port + i)."""
+    import socket
+
+    while True:
+        first = free_port()
+        sockets = []
+        try:
+            for port in range(first, first + n):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+
+
 class Replica:
     def __init__(self, name: str, config: Path, port: int, admin_port: int, workers: int = 1) -> None:
         self.name, self.config, self.port, self.admin_port = name, config, port, admin_port
@@ -87,7 +107,7 @@ class Fleet:
         self.redis = redis
         self.replicas: list[Replica] = []
         for i in range(n):
-            port, admin_port = free_port(), free_port()
+            port, admin_port = free_port(), free_ports_in_a_row(2)
             config = directory / f"replica{i}.yaml"
             config.write_text(f"""
 listen: 127.0.0.1:{port}
