@@ -208,6 +208,7 @@ class CanaryProxy:
             # A client that leaves must cancel its upstream request at once, not at the next write.
             handler_cancellation=True,
             keepalive_timeout=config.timeouts.keepalive,
+            head_timeout=config.timeouts.client_header,
             access_log=None,
         )
         self._data_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)

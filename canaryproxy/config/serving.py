@@ -72,6 +72,7 @@ class TimeoutsConfig(Strict):
     first_byte: Duration = Field(default=300.0, gt=0)
     idle: Duration = Field(default=60.0, gt=0)
     client_body: Duration = Field(default=30.0, gt=0)
+    client_header: Duration = Field(default=60.0, gt=0)  # a request head must arrive whole within this
     client_write: Duration = Field(default=60.0, gt=0)
     keepalive: Duration = Field(default=75.0, ge=0)
     drain: Duration = Field(default=30.0, ge=0)

@@ -9,7 +9,10 @@ aiohttp's `RequestHandler` (the protocol of one connection) is kept, with three 
 2. Client-caused errors (a malformed request, a body that timed out, a client that hung up) are
    logged as one rate-limited line (logs.py) instead of an ERROR with a traceback; anything else
    keeps aiohttp's logging, traceback included.
-3. Nothing else: keep-alive, pipelining, flow control and lingering close are aiohttp's.
+3. A request head must arrive whole within `head_timeout` of its first byte (nginx's
+   client_header_timeout): a client trickling a head (slowloris) gets 408 and the connection is
+   closed, instead of holding it for as long as it likes.
+4. Nothing else: keep-alive, pipelining, flow control and lingering close are aiohttp's.
 
 The private names used (`_ErrInfo`, `_messages`, `_waiter`, `_request_count`) are aiohttp 3.14's;
 tests/proxy/test_corpus.py checks the behaviour end to end, so an aiohttp upgrade that moves them
@@ -18,6 +21,7 @@ fails there, not in production.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -32,6 +36,9 @@ from canaryproxy.proxy.wire import Refusal, RequestFraming, WireLimits
 
 log = logging.getLogger("canaryproxy.proxy.client")
 
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+HEAD_TIMEOUT = 60.0  # seconds, nginx's client_header_timeout default
+
 
 class EdgeRequestHandler(RequestHandler):
     """One client connection; see the module docstring."""
@@ -42,6 +49,8 @@ class EdgeRequestHandler(RequestHandler):
         self._client_errors = manager.client_errors
         self._last_payload: StreamReader | None = None  # the body llhttp is filling, if any
         self._refused = False
+        self._head_timeout = manager.head_timeout
+        self._head_deadline: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -55,6 +64,35 @@ class EdgeRequestHandler(RequestHandler):
         super().data_received(data)
         if self._messages:
             self._last_payload = self._messages[-1][1]
+        self._watch_head(framing.in_head)
+
+    def _watch_head(self, in_head: bool) -> None:
+        if not in_head:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+        elif self._head_deadline is None:
+            self._head_deadline = self._loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        peer = self.peername
+        where = peer[0] if isinstance(peer, tuple) else "?"
+        self._client_errors.note("client_header_timeout", f"request head not complete within "
+                                 f"{self._head_timeout:g}s (from {where})")
+        self._refused = True
+        if not self._messages and self._current_request is None:
+            transport.write(REQUEST_TIMEOUT)  # nothing else is being answered on this connection
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
 
     def _refuse(self, data: bytes, refusal: Refusal) -> None:
         self._refused = True
@@ -94,10 +132,11 @@ class EdgeServer(web.Server):
 
     def __init__(self, handler: Any, *, client_errors: RateLimitedLog | None = None,
                  max_line_size: int = 8190, max_field_size: int = 8190, max_headers: int = 128,
-                 **kwargs: Any) -> None:
+                 head_timeout: float = HEAD_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(handler, max_line_size=max_line_size, max_field_size=max_field_size,
                          max_headers=max_headers, **kwargs)
         self.wire_limits = WireLimits(max_line_size, max_field_size, max_headers)
+        self.head_timeout = head_timeout
         self.client_errors = client_errors or RateLimitedLog(lambda line: log.warning("%s", line))
 
     def __call__(self) -> RequestHandler:

@@ -63,6 +63,11 @@ class RequestFraming:
     def off(self) -> bool:
         return self._state >= _OFF
 
+    @property
+    def in_head(self) -> bool:
+        """Part of a request head has arrived and the rest has not (the head deadline runs)."""
+        return self._state == _HEAD and bool(self._buf)
+
     def feed(self, data: bytes) -> Refusal | None:
         pos, end = 0, len(data)
         self._start = 0
