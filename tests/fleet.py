@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -13,8 +11,8 @@ from typing import Any, Callable
 import aiohttp
 
 from tests.redis_server import RedisServer
-from tests.support import wait_until_ready
 from tests.test_cli import free_port
+from tests.test_restart_and_cli import ProxyProcess
 
 TOKEN = "t0ken"
 
@@ -39,22 +37,13 @@ def free_ports_in_a_row(n: int) -> int:
                 s.close()
 
 
-class Replica:
-    def __init__(self, name: str, config: Path, port: int, admin_port: int, workers: int = 1) -> None:
-        self.name, self.config, self.port, self.admin_port = name, config, port, admin_port
-        self.workers = workers
-        self.stopped = False  # SIGSTOPped: takes no traffic and answers nothing
-        self.process: asyncio.subprocess.Process | None = None
-        self.log = config.with_suffix(".log")
+class Replica(ProxyProcess):
+    """One `canaryproxy run` of a fleet, with its data port and name."""
 
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "canaryproxy", "run", "--config", str(self.config),
-                *(["--workers", str(self.workers)] if self.workers > 1 else []),
-                stdout=log, stderr=log, env={**os.environ, "CANARYPROXY_ADMIN_TOKEN": TOKEN},
-            )
-        await wait_until_ready(self.admin_port, self.process, self.log.read_text)
+    def __init__(self, name: str, config: Path, port: int, admin_port: int) -> None:
+        super().__init__(config, admin_port)
+        self.name, self.port = name, port
+        self.stopped = False  # SIGSTOPped: takes no traffic and answers nothing
 
     @property
     def running(self) -> bool:
@@ -65,9 +54,6 @@ class Replica:
             async with client.get(f"http://127.0.0.1:{self.admin_port}{path}",
                                   timeout=aiohttp.ClientTimeout(total=5)) as r:
                 return await r.json() if r.content_type == "application/json" else await r.text()
-
-    async def status(self) -> dict:
-        return await self.get("/admin/status")
 
     async def command(self, op: str, **body: Any) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as client:
@@ -80,11 +66,6 @@ class Replica:
         self.process.send_signal(sig)
         if sig in (signal.SIGSTOP, signal.SIGCONT):
             self.stopped = sig == signal.SIGSTOP
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.process.wait(), 20)
 
     async def stop(self) -> None:
         if self.stopped:

@@ -30,11 +30,12 @@ class ProxyProcess:
         self.config, self.admin_port = config, admin_port
         self.process: asyncio.subprocess.Process | None = None
         self.log = config.with_suffix(".log")
+        self.run_args: list[str] = []  # more arguments of `canaryproxy run`
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "canaryproxy", "run", "--config", str(self.config),
+                sys.executable, "-m", "canaryproxy", "run", "--config", str(self.config), *self.run_args,
                 stdout=log, stderr=log, env={**os.environ, "CANARYPROXY_ADMIN_TOKEN": "t0ken"},
             )
         await wait_until_ready(self.admin_port, self.process, self.log.read_text)

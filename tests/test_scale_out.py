@@ -244,7 +244,7 @@ async def test_workers_2_serve_one_port_as_one_rollout(tmp_path, redis, upstream
     stable, canary = upstreams
     fleet = Fleet(tmp_path, redis, stable.url, canary.url, HOLDING.replace("hold: 3s", "hold: 60s"), n=1)
     replica = fleet.replicas[0]
-    replica.workers = 2
+    replica.run_args = ["--workers", "2"]
     await replica.start()
     second = Replica("w1", replica.config, replica.port, replica.admin_port + 1)
     try:

@@ -65,8 +65,9 @@ class RedisHistory:
         return [record for _, fields in reversed(entries) if (record := _record(fields)) is not None]
 
     def follow(self, stream: str, take: Any) -> None:
-        """Hand every record another replica adds to `stream` to `take`, from where `recent` ended."""
-        self._positions.setdefault(stream, "$")
+        """Hand every record another replica adds to `stream` to `take`, from where `recent` ended
+        (from the stream's beginning if `recent` could not read it)."""
+        self._positions.setdefault(stream, "0-0")
         self._readers[stream] = take
 
     async def _read(self) -> None:

@@ -134,10 +134,14 @@ class Controller:
             return
         self.follower.observe(rebase(RolloutState(), t))
         if self.autostart:
-            try:
-                await self.command(Op.START, actor="canaryproxy", reason="rollout.start is auto")
-            except CommandRejected as exc:  # another process started it first
-                log.info("rollout not started here: %s", exc)
+            await self._start_automatically()
+
+    async def _start_automatically(self) -> None:
+        """`rollout.start: auto` on a fresh store; another process may have started it first."""
+        try:
+            await self.command(Op.START, actor="canaryproxy", reason="rollout.start is auto")
+        except (CommandRejected, StateError) as exc:
+            log.info("rollout not started here: %s", exc)
 
     async def _fail_safe(self, t: float, trigger: str, reason: str, title: str, *, generation: int,
                          expected: int | None = None, message: str | None = None) -> None:
@@ -231,10 +235,7 @@ class Controller:
             log.warning("cannot read the rollout state: %s", exc)
             return
         if stored is None and self.state.phase is Phase.IDLE and self.autostart and self._stored is None:
-            try:  # nobody started it while the store was away
-                await self.command(Op.START, actor="canaryproxy", reason="rollout.start is auto")
-            except (CommandRejected, StateError) as exc:
-                log.info("rollout not started here: %s", exc)
+            await self._start_automatically()  # nobody started it while the store was away
         elif stored is None and self.state.phase is not Phase.IDLE:
             reason = (f"the rollout state vanished from {self.store.describe()}; canary weight set "
                       "to 0")

@@ -19,7 +19,7 @@ one of them take over, or save a checkpoint another can continue from).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from canaryproxy.core.evidence_events import EvidenceEvent, LatencyBaseline, Restart
 from canaryproxy.core.judge import Judge
@@ -55,6 +55,15 @@ class Evidence:
             self._canary_requests += 1
         if self.judge is not None:
             self.judge.observe(outcome)
+
+    def replay(self, records: Sequence[Observed]) -> None:
+        """Records the judge's restored state already covers: into the windows, and through the
+        judge's per-key caps only (so a user is capped across the checkpoint)."""
+        windows = self.windows
+        for record in records:
+            windows.record(record, record.routed_at + record.latency)
+        if self.judge is not None:
+            self.judge.prime_key_caps(records)
 
     def record_feedback(self, feedback: Feedback) -> None:
         """Take in one feedback record, in the second its request was routed (it is late)."""

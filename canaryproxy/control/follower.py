@@ -44,7 +44,8 @@ class Follower:
         self.lost_since: float | None = None  # monotonic time the watch failed; None: in contact
         self.fail_safe = False  # the canary is at 0 because the store was away too long
         self.fail_safes = 0  # times that happened
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
 
     @property
     def in_force(self) -> float:
@@ -64,14 +65,13 @@ class Follower:
         return True
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._follow(), name="canaryproxy-follower"),
-                       asyncio.create_task(self._guard(), name="canaryproxy-follower-grace")]
+        self._task = asyncio.create_task(self._follow(), name="canaryproxy-follower")
         await asyncio.sleep(0)  # let the watch register before anybody writes
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            await cancel_and_wait(task)
-        self._tasks = []
+        await cancel_and_wait(self._task)
+        self._task = None
+        self._cancel_grace()
 
     async def _follow(self) -> None:
         while True:
@@ -82,29 +82,31 @@ class Follower:
             except StateError as exc:
                 if self.lost_since is None:
                     self.lost_since = self._monotonic()
+                    self._grace_timer = asyncio.get_running_loop().call_later(self.grace, self._grace_over)
                     log.error("%s; keeping canary weight %g%% for up to %gs", exc,
                               self.state.weight if self.state else 0.0, self.grace)
             await asyncio.sleep(RETRY_AFTER)
+
+    def _cancel_grace(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
 
     def _in_contact(self) -> None:
         if self.lost_since is not None:
             log.warning("the rollout store answers again after %.1fs", self._monotonic() - self.lost_since)
         self.lost_since = None
+        self._cancel_grace()
         if self.fail_safe:
             self.fail_safe = False
             if self.state is not None:
                 self._apply_weight(self.state.weight)
                 log.warning("canary weight back to the stored %g%%", self.state.weight)
 
-    async def _guard(self) -> None:
-        while True:
-            await asyncio.sleep(min(0.25, self.grace / 4))
-            self.check_grace()
-
-    def check_grace(self) -> None:
-        """Fail safe once the store has been away longer than `grace`."""
-        lost = self.lost_since
-        if lost is None or self.fail_safe or self._monotonic() - lost < self.grace:
+    def _grace_over(self) -> None:
+        """The store has been away `grace` seconds (the timer set when it went): canary to 0."""
+        self._grace_timer = None
+        if self.lost_since is None or self.fail_safe:
             return
         self.fail_safe = True
         self.fail_safes += 1

@@ -51,6 +51,7 @@ class SharedEvidence:
         self.caught_up = asyncio.Event()
         self._judge_from: tuple[int, int] = (0, 0)  # the judge takes records after this position
         self._next_checkpoint = 0.0
+        self._away = False  # the log could not be read at the last attempt (logged once per outage)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -61,16 +62,15 @@ class SharedEvidence:
         self._task = None
 
     async def _run(self) -> None:
-        failing = False
         while True:
             try:
                 if self.position is None:
                     await self._restore()
                 await self._follow()
             except StateError as exc:
-                if not failing:
+                if not self._away:
                     log.warning("%s; the evidence waits (this process's records are buffered)", exc)
-                failing = True
+                self._away = True
                 await asyncio.sleep(RETRY_AFTER)
 
     async def _restore(self) -> None:
@@ -99,6 +99,7 @@ class SharedEvidence:
     async def _follow(self) -> None:
         assert self.position is not None
         async for entry in self.outcomes.read_from(self.position):
+            self._away = False
             if entry is None:
                 self._on_caught_up()
             else:
@@ -115,11 +116,7 @@ class SharedEvidence:
             for event in entry.events:
                 evidence.apply(event)
             return
-        windows = evidence.windows  # covered by the checkpoint: windows yes, judge no
-        for record in entry.records:
-            windows.record(record, record.routed_at + record.latency)
-        if evidence.judge is not None:
-            evidence.judge.prime_key_caps(entry.records)
+        evidence.replay(entry.records)  # covered by the checkpoint
 
     def _on_caught_up(self) -> None:
         if not self.caught_up.is_set():
