@@ -47,18 +47,21 @@ COMMAND_ATTEMPTS = 5  # compare-and-set attempts of one command racing other wri
 
 class WindowSource(MetricSource):
     """The rules' MetricSource over the evidence at one wall-clock time; one snapshot per
-    (role, window) per evaluation. Rules keep their own (monotonic) time for `for:`."""
+    (role, window, same_weight) per evaluation. Rules keep their own (monotonic) time for `for:`.
+    `weight_since` is the wall-clock time the weight in force took effect, None when unknown."""
 
-    def __init__(self, evidence: Evidence, wall: float) -> None:
+    def __init__(self, evidence: Evidence, wall: float, weight_since: float | None = None) -> None:
         self._evidence = evidence
         self._wall = wall
-        self._snapshots: dict[tuple[Role, float], WindowSnapshot] = {}
+        self._weight_since = weight_since
+        self._snapshots: dict[tuple[Role, float, bool], WindowSnapshot] = {}
 
-    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
-        key = (role, window)
+    def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:
+        key = (role, window, same_weight)
         snapshot = self._snapshots.get(key)
         if snapshot is None:
-            snapshot = self._snapshots[key] = self._evidence.snapshot(role, window, self._wall)
+            since = self._weight_since if same_weight else None
+            snapshot = self._snapshots[key] = self._evidence.snapshot(role, window, self._wall, since)
         return snapshot.metric(name)
 
 
@@ -89,6 +92,10 @@ class Controller:
         self._task: asyncio.Task[None] | None = None
         self._persist_failed = False
         self._stored: int | None = None  # the generation last seen in the store; None: none stored
+        # The weight this process last evaluated at and the wall-clock time it took effect (None:
+        # in force since before this process looked), for the relative rules (core/rules.py).
+        self._weight: float | None = None
+        self._weight_since: float | None = None
         # The status view's `coordination` part, when several processes share the rollout.
         self.peers: Callable[[], dict[str, Any]] | None = None
 
@@ -184,7 +191,8 @@ class Controller:
         t, wall = self.clock.monotonic(), self.clock.wall()
         self.evaluations += 1
         before = self.state
-        verdicts = self.rules.evaluate(WindowSource(self.evidence, wall), t,
+        self._note_weight(before.weight, wall)
+        verdicts = self.rules.evaluate(WindowSource(self.evidence, wall, self._weight_since), t,
                                        stable_in_service=before.weight < 100)
         verdicts += self.evidence.judge_verdicts(wall)
         judge = self.evidence.judge
@@ -199,7 +207,14 @@ class Controller:
             self.decisions.evaluation(wall, verdicts, previous, state)
         if not await self._carry_out(before, state, actions, token=self.leadership.token):
             await self._reload_or_fail_safe(t)  # dropped: the next evaluation starts from the store
+        self._note_weight(self.state.weight, wall)
         return verdicts
+
+    def _note_weight(self, weight: float, wall: float) -> None:
+        """Remember when the weight in force changed (seen at an evaluation, whoever changed it)."""
+        if weight != self._weight:
+            self._weight_since = None if self._weight is None else wall
+            self._weight = weight
 
     # --- the operator's side -----------------------------------------------------------------
 

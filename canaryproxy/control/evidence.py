@@ -88,8 +88,8 @@ class Evidence:
             self._fix_latency_baseline(wall)
         return self.judge.verdicts()
 
-    def snapshot(self, role: Role, span: float, wall: float) -> WindowSnapshot:
-        return self.windows.snapshot(role, min(span, self.windows.config.span_seconds), wall)
+    def snapshot(self, role: Role, span: float, wall: float, since: float | None = None) -> WindowSnapshot:
+        return self.windows.snapshot(role, min(span, self.windows.config.span_seconds), wall, since)
 
     def discard_canary_requests(self) -> None:
         """Forget the pending count: a new leader's stored state already holds its predecessor's."""

@@ -12,7 +12,13 @@ must not escape a sustained breach by thinning its traffic: a breach, a quiet sp
 breach again is still one streak.
 
 Baseline-relative rules (`above_stable`, `below_stable`) compare the canary with `threshold ×`
-stable's value over the same window, so both sides see the same traffic at the same time. They need
+stable's value over the same window, so both sides see the same traffic at the same time — and
+only over the part of it since the weight last changed. Across a weight rise the canary's samples
+crowd the end of the window while stable's spread over all of it, so anything that moves both
+versions at once (a slow second of the host, of the network, of a shared dependency) weighs more on
+the canary's side and reads as a canary regression: one 0.8 s stall of the demo's event loop right
+after 25% -> 50% rolled a healthy canary back on latency_p95. Kayenta avoids this by giving its
+baseline the canary's share; comparing within one weight does it without a third deployment. They need
 `min_samples` on both roles and a stable value. When stable's value is 0 the limit is 0:
 `above_stable` then breaches on any positive canary value (a canary that does something stable
 never does is worse by any ratio) and `below_stable` cannot breach a non-negative metric. Users
@@ -62,9 +68,13 @@ class Comparison(enum.StrEnum):
 
 
 class MetricSource(Protocol):
-    """Where rules read metric values: the per-role windows, or a table in tests."""
+    """Where rules read metric values: the per-role windows, or a table in tests.
 
-    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue: ...
+    With `same_weight`, the value is over the part of the window since the canary's weight last
+    changed (the whole window when that is older, or unknown): what relative rules compare.
+    """
+
+    def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +167,13 @@ class RuleEngine:
 
     def _evaluate(self, index: int, rule: Rule, source: MetricSource, t: float,
                   stable_in_service: bool) -> Verdict:
+        relative = rule.comparison.relative
         compared = TokenComparison(rule.metric, None, None)
-        if rule.comparison.relative:
+        if relative:
             compared = compared_metric(rule.metric, source, rule.window, t)
         metric = compared.metric or rule.metric
-        canary = source.metric(Role.CANARY, metric, rule.window, t)
-        stable = source.metric(Role.STABLE, metric, rule.window, t)
+        canary = source.metric(Role.CANARY, metric, rule.window, t, same_weight=relative)
+        stable = source.metric(Role.STABLE, metric, rule.window, t, same_weight=relative)
         if rule.comparison.relative and not stable_in_service:
             self._streak_starts[index] = None
             reason = f"{rule.metric}: no comparison with stable while the canary takes all traffic"
@@ -217,6 +228,8 @@ def _is_count(value: object) -> bool:
 def _shortfall(rule: Rule, sample: MetricValue, side: str, metric: str) -> str | None:
     """Why `sample` (of `metric`) is too thin to judge, or None when it is enough."""
     window = format_duration(rule.window)
+    if rule.comparison.relative:
+        window += " at this weight"  # only the part of the window since the weight changed counts
     noun = METRICS[metric].samples
     if sample.samples < rule.min_samples:
         return f"insufficient data{side}: {sample.samples} of {rule.min_samples} {noun} in {window}"

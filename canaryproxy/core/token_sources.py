@@ -36,7 +36,7 @@ COUNTERPARTS: dict[str, str | None] = {
 
 
 class _Source(Protocol):
-    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue: ...
+    def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,8 @@ def compared_metric(metric: str, source: _Source, window: float, t: float) -> To
     sources differ (module docstring)."""
     if metric not in COUNTERPARTS:
         return TokenComparison(metric, None, None)
-    canary = source.metric(Role.CANARY, SHARE_METRIC, window, t).value
-    stable = source.metric(Role.STABLE, SHARE_METRIC, window, t).value
+    canary = source.metric(Role.CANARY, SHARE_METRIC, window, t, same_weight=True).value
+    stable = source.metric(Role.STABLE, SHARE_METRIC, window, t, same_weight=True).value
     if not canary and not stable:  # all reported, or no counts yet (the rule's own check says so)
         return TokenComparison(metric, None, None)
     return TokenComparison(COUNTERPARTS[metric], canary or 0.0, stable or 0.0)

@@ -123,7 +123,7 @@ class RoleWindow:
         self._buckets = [Tally() for _ in range(self._ring_size)]
         self._bucket_indexes = [_NEVER] * self._ring_size  # the bucket each slot holds
         self._newest_index = _NEVER
-        self._running: dict[int, _RunningTally] = {}  # by span in buckets, least recent first
+        self._running: dict[tuple[str, int], _RunningTally] = {}  # by span or low end, least recent first
         self._running_high = _NEVER  # the highest bucket any running tally holds
         self.series_cache = SeriesCache(0, ())  # closed steps of the last series (module docstring)
 
@@ -163,19 +163,28 @@ class RoleWindow:
             self._reuse_slot(position, index)
         return index
 
-    def snapshot(self, span: float, t: float) -> WindowSnapshot:
-        """Merge the buckets of the last `span` seconds up to time `t` (included)."""
+    def snapshot(self, span: float, t: float, since: float | None = None) -> WindowSnapshot:
+        """Merge the buckets of the last `span` seconds up to time `t` (included); with `since`,
+        only the buckets wholly after time `since` (the bucket holding it is left out).
+
+        A `since` inside the span has a running tally of its own, whose low end stays put while
+        its high end follows `t`, so a comparison since a weight change costs what a span does.
+        """
         span_buckets = self._checked_span_buckets(span)
         now = int(t // self._bucket_seconds)
         low = max(now - span_buckets, self._newest_index - self._ring_size)
-        running = self._running_tally(span_buckets)
+        key, covered = ("span", span_buckets), span_buckets
+        if since is not None and int(since // self._bucket_seconds) > low:
+            low = min(int(since // self._bucket_seconds), now)
+            key, covered = ("since", low), max(now - low, 1)
+        running = self._running_tally(key)
         self._slide(running, low, max(low, now - 1))
         merged = running.tally.copy()
         if now > low:
             position = now % self._ring_size
             if self._bucket_indexes[position] == now:
                 merged.add(self._buckets[position])
-        return WindowSnapshot(span_buckets * self._bucket_seconds, merged)
+        return WindowSnapshot(covered * self._bucket_seconds, merged)
 
     def series(self, span: float, step: float, t: float, metrics: Sequence[str]) -> Series:
         """`metrics` over the last `span` seconds before time `t`, one point per `step`
@@ -224,11 +233,11 @@ class RoleWindow:
         bucket.clear()
         self._bucket_indexes[position] = index
 
-    def _running_tally(self, span_buckets: int) -> _RunningTally:
-        """The running tally of a span, made most recently used; the least recent beyond
-        MAX_RUNNING_SPANS is dropped."""
-        running = self._running.pop(span_buckets, None) or _RunningTally()
-        self._running[span_buckets] = running
+    def _running_tally(self, key: tuple[str, int]) -> _RunningTally:
+        """The running tally of a span (or of a fixed low end), made most recently used; the least
+        recent beyond MAX_RUNNING_SPANS is dropped."""
+        running = self._running.pop(key, None) or _RunningTally()
+        self._running[key] = running
         if len(self._running) > MAX_RUNNING_SPANS:
             del self._running[next(iter(self._running))]
         return running
@@ -282,8 +291,8 @@ class Windows:
     def record_feedback(self, feedback: Feedback, t: float) -> None:
         self[feedback.role].record_feedback(feedback, t)
 
-    def snapshot(self, role: Role, span: float, t: float) -> WindowSnapshot:
-        return self[role].snapshot(span, t)
+    def snapshot(self, role: Role, span: float, t: float, since: float | None = None) -> WindowSnapshot:
+        return self[role].snapshot(span, t, since)
 
     def __getitem__(self, role: Role) -> RoleWindow:
         try:

@@ -22,7 +22,7 @@ class TableSource:
     def set(self, role: Role, metric: str, value: float | None, samples: int) -> None:
         self.values[(role, metric)] = MetricValue(value, samples)
 
-    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
+    def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:
         return self.values.get((role, name), MetricValue(None, 0))  # a metric nothing counted: no value
 
 
@@ -268,10 +268,10 @@ def test_below_stable() -> None:
 @pytest.mark.parametrize(
     ("stable", "reason"),
     [
-        ((410.0, 12), "insufficient data on stable: 12 of 20 responses with usage in 5m0s"),
+        ((410.0, 12), "insufficient data on stable: 12 of 20 responses with usage in 5m0s at this weight"),
         (
             (None, 5000),
-            "insufficient data on stable: no tokens_per_request value from 5000 responses with usage in 5m0s",
+            "insufficient data on stable: no tokens_per_request value from 5000 responses with usage in 5m0s at this weight",
         ),
     ],
 )

@@ -58,7 +58,7 @@ class TableSource:
             samples = self.values[(role, metric)].samples
         self.values[(role, metric)] = MetricValue(value, samples)
 
-    def metric(self, role: Role, name: str, window: float, t: float) -> MetricValue:
+    def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:
         return self.values.get((role, name), MetricValue(None, 0))  # a metric nothing counted: no value
 
 

@@ -59,7 +59,9 @@ def scenarios(draw):
     snapshots of the past), so the times cover about two ring lengths and every path of the ring
     is taken.
     Snapshots reuse a few spans, as rules do, so running tallies slide as well as get rebuilt.
-    Records draw from a small pool of outcomes, which leaves room for long sequences."""
+    One snapshot in three is only since the last weight change (`since`), which moves to the
+    clock now and then, as a weight does. Records draw from a small pool of outcomes, which leaves
+    room for long sequences."""
     config = draw(st.sampled_from(CONFIGS))
     ring_seconds = config.ring_size * config.bucket_seconds
     # The longest span is always among them: it is the one that sees slots reused under it.
@@ -68,7 +70,10 @@ def scenarios(draw):
     clock = draw(st.floats(min_value=0.0, max_value=100.0))
     quarter_bucket = config.bucket_seconds / 4
     operations = []
+    since = clock
     for _ in range(draw(st.integers(min_value=1, max_value=80))):
+        if draw(st.integers(0, 9)) == 0:
+            since = clock  # the weight changes
         clock += draw(st.integers(min_value=0, max_value=8)) * quarter_bucket
         on_time = draw(st.integers(0, 3)) > 0
         late = 0.0 if on_time else draw(st.floats(min_value=0.0, max_value=1.5 * ring_seconds))
@@ -78,7 +83,8 @@ def scenarios(draw):
             shortfall = draw(st.sampled_from([0.0, 0.5])) * config.bucket_seconds
             role = draw(st.sampled_from(LIVE_ROLES))
             span = buckets * config.bucket_seconds - shortfall
-            operations.append(("snapshot", role, buckets, span, clock - late))
+            only_since = since if draw(st.integers(0, 2)) == 0 else None
+            operations.append(("snapshot", role, buckets, span, clock - late, only_since))
         else:
             operations.append(("record", draw(st.sampled_from(pool)), clock - late))
     return config, operations
@@ -106,11 +112,15 @@ class BruteForce:
         self.newest[outcome.role] = max(self.newest[outcome.role], index)
         self.kept.append((outcome, index))
 
-    def outcomes(self, role: Role, span_buckets: int, t: float) -> list[Outcome]:
+    def outcomes(self, role: Role, span_buckets: int, t: float, since: float | None = None) -> list[Outcome]:
+        low = self.low(role, span_buckets, t, since)
+        return [o for o, index in self.kept if o.role is role and low < index <= self.index(t)]
+
+    def low(self, role: Role, span_buckets: int, t: float, since: float | None = None) -> int:
+        """The bucket a snapshot starts after: the span's, the ring's, or `since`'s when later."""
         now = self.index(t)
-        oldest_kept = self.newest[role] - self.config.ring_size
-        return [o for o, index in self.kept
-                if o.role is role and now - span_buckets < index <= now and index > oldest_kept]
+        low = max(now - span_buckets, self.newest[role] - self.config.ring_size)
+        return low if since is None else max(low, min(self.index(since), now))
 
 
 def histogram(layout, values) -> Histogram:
@@ -188,10 +198,13 @@ def test_snapshots_equal_a_brute_force_count_of_the_raw_outcomes(scenario):
             windows.record(outcome, t)
             brute.record(outcome, t)
         else:
-            _, role, buckets, span, t = operation
-            snapshot = windows.snapshot(role, span, t)
-            expected = brute.outcomes(role, buckets, t)
-            assert_snapshot_matches(snapshot, expected, buckets * config.bucket_seconds)
+            _, role, buckets, span, t, since = operation
+            snapshot = windows.snapshot(role, span, t, since)
+            expected = brute.outcomes(role, buckets, t, since)
+            # Cut short by `since` (a weight change inside the span), the span is what is left of it.
+            cut = since is not None and brute.index(since) > brute.low(role, buckets, t)
+            covered = max(brute.index(t) - brute.low(role, buckets, t, since), 1) if cut else buckets
+            assert_snapshot_matches(snapshot, expected, covered * config.bucket_seconds)
     for role in LIVE_ROLES:
         assert windows[role].dropped_late == brute.dropped[role]
 
