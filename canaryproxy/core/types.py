@@ -187,6 +187,14 @@ class Outcome(Observed):
         return self.routed_at + self.latency
 
 
+class FeedbackKind(enum.StrEnum):
+    """What a declared feedback name is about: the users' verdict, or a downstream failure (a
+    service that consumed the response failed on it). Each kind has its own metrics and test."""
+
+    FEEDBACK = "feedback"
+    DOWNSTREAM_ERROR = "downstream_error"
+
+
 @dataclass(frozen=True, slots=True)
 class Feedback:
     """A verdict on one response that arrives after it: a user's rating, a downstream failure.
@@ -204,6 +212,7 @@ class Feedback:
     value: bool | int | float | str
     negative: bool  # what the declaration says this value means: the users' verdict was bad
     received_at: float  # wall-clock seconds
+    kind: FeedbackKind = FeedbackKind.FEEDBACK
 
 
 class OutcomeSink(Protocol):
