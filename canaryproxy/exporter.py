@@ -9,7 +9,8 @@ fresh one. Metric families are built here only (the admin listener serves them).
 
 Label values are bounded: version ∈ {stable, canary}; status class; error kind (an enum);
 guardrail source (fixed names plus the rule names in the config); token kind and source
-(reported | estimated); retry reason (fixed names).
+(reported | estimated); retry reason (fixed names); feedback name (at most 32, declared in config)
+and refusal reason (fixed names).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from canaryproxy.control.controller import Readout
 from canaryproxy.core.stages import Phase
 from canaryproxy.core.tally import DECLARED, LifetimeTally
 from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, Role, Status
+from canaryproxy.feedback.endpoint import FeedbackCounters
 
 # Bucket bounds, in the unit of each metric. Model calls range from tens of milliseconds
 # (embeddings) to minutes (long generations).
@@ -110,8 +112,10 @@ class Exporter(Collector):
         weight: Callable[[], float],
         rollout: Callable[[], Readout] | None = None,
         retries: Callable[[], Mapping[Role, Mapping[str, int]]] | None = None,
+        feedback: FeedbackCounters | None = None,
     ) -> None:
         self._totals = totals
+        self._feedback = feedback
         self._weight = weight
         self._rollout = rollout
         self._retries = retries
@@ -132,6 +136,27 @@ class Exporter(Collector):
             value=self._weight())
         if self._rollout is not None:
             yield from rollout_families(self._rollout())
+        if self._feedback is not None:
+            yield from feedback_families(self._feedback)
+
+
+def feedback_families(counters: FeedbackCounters) -> Iterator[Metric]:
+    """Feedback counted where it was accepted (each post once, in the process that took it)."""
+    accepted = CounterMetricFamily(
+        "canaryproxy_feedback", "Feedback accepted on responses, by the version that served them, "
+        "the declared name and whether the declaration calls the value negative.",
+        labels=["version", "name", "verdict"])
+    for (version, name, verdict), count in sorted(counters.accepted.items()):
+        accepted.add_metric([version, name, verdict], count)
+    yield accepted
+    refused = CounterMetricFamily(
+        "canaryproxy_feedback_refused", "Feedback posts refused (nothing counted), by reason.", labels=["reason"])
+    for reason, count in sorted(counters.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
+    yield CounterMetricFamily("canaryproxy_feedback_duplicates",
+                              "Feedback posts for a (request, name) already counted: answered, not counted.",
+                              value=counters.duplicates)
 
 
 def _traffic_families() -> dict[str, Metric]:

@@ -152,6 +152,10 @@ class CoordinationCollector:
                        "Outcome records dropped because the buffer was full while Redis was away",
                        shared.feed.dropped)
         yield _gauge("canaryproxy_outcomes_buffered", "Outcome records waiting to be sent", shared.feed.buffered)
+        if shared.evidence is not None:
+            yield _counter("canaryproxy_feedback_taken", "Feedback records this process's evidence took "
+                           "from the shared log (every process takes each once; the leader's judges)",
+                           shared.evidence.feedback_taken)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -40,10 +40,13 @@ from canaryproxy.control.follower import Follower
 from canaryproxy.core.judge import Judge
 from canaryproxy.core.rules import RuleEngine
 from canaryproxy.core.splitter import Splitter
-from canaryproxy.core.types import FanOutSink, OutcomeSink
+from canaryproxy.core.types import FanOutSink, Feedback, FeedbackSink, OutcomeSink
 from canaryproxy.core.window import Windows
 from canaryproxy.errors import StartupError
 from canaryproxy.exporter import Exporter, Totals
+from canaryproxy.feedback.claims import Claims, RedisClaims
+from canaryproxy.feedback.endpoint import FeedbackEndpoint
+from canaryproxy.feedback.memory import LocalClaims
 from canaryproxy.proxy.edge import EdgeServer
 from canaryproxy.proxy.forward import Forwarder
 from canaryproxy.proxy.headers import TrustedProxies
@@ -73,12 +76,34 @@ class DataPlane:
     router: Router
     forwarder: Forwarder
     totals: Totals
+    feedback: FeedbackEndpoint | None = None  # None: feedback is off
+
+
+def build_feedback(config: Config, trusted: TrustedProxies, clock: Clock,
+                   shared: replication.Shared | None) -> FeedbackEndpoint | None:
+    """The feedback endpoint (None when off). Its claims are shared in Redis with several
+    processes; where accepted feedback goes is set by `build_control_plane`."""
+    if not config.feedback.enabled:
+        return None
+    feedback = config.feedback.to_settings()
+    claims: Claims = (RedisClaims(shared.space) if shared is not None
+                      else LocalClaims(feedback.idempotency, feedback.max_age))
+    return FeedbackEndpoint(feedback, trusted, claims, wall=clock.wall, monotonic=clock.monotonic)
+
+
+def _delivered_to(sink: FeedbackSink) -> Callable[[Feedback], bool]:
+    def deliver(feedback: Feedback) -> bool:
+        sink.record_feedback(feedback)
+        return True
+    return deliver
 
 
 def build_data_plane(config: Config, feed: OutcomeFeed, clock: Clock,
-                     extra_sink: OutcomeSink | None = None) -> DataPlane:
+                     extra_sink: OutcomeSink | None = None,
+                     shared: replication.Shared | None = None) -> DataPlane:
     splitter = Splitter(config.routing.weight)
     trusted = TrustedProxies(config.trusted_proxies)
+    feedback = build_feedback(config, trusted, clock, shared)
     router = Router(splitter, config.routing.sticky, trusted, config.routing.override_header)
     totals = Totals()
     sinks: list[OutcomeSink] = [totals, feed]
@@ -86,9 +111,9 @@ def build_data_plane(config: Config, feed: OutcomeFeed, clock: Clock,
         sinks.append(extra_sink)
     forwarder = Forwarder(
         settings.proxy_settings(config), router, trusted, FanOutSink(*sinks),
-        inspection=config.inspection_settings(), now=clock.monotonic, wall=clock.wall,
+        inspection=config.inspection_settings(), now=clock.monotonic, wall=clock.wall, feedback=feedback,
     )
-    return DataPlane(splitter, router, forwarder, totals)
+    return DataPlane(splitter, router, forwarder, totals, feedback)
 
 
 @dataclass(slots=True)
@@ -113,6 +138,11 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
     evidence = Evidence(Windows(settings.window_config(config)), judge)
     if feed is not None:
         feed.subscribe(evidence)
+    if data.feedback is not None:
+        # One process: straight into the evidence. Several: into the shared log, from which
+        # every process's evidence (the leader's among them) takes it once.
+        data.feedback.deliver = (shared.feed.record_feedback if shared is not None
+                                 else _delivered_to(evidence))
     alerter = Alerter(settings.webhooks(config), context={
         "upstreams": {"stable": config.upstreams.stable, "canary": config.upstreams.canary}})
     follower = controller = None
@@ -134,7 +164,8 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
     exchanges = data.forwarder.exchanges
     registry.register(Exporter(data.totals, lambda: data.splitter.weight,
                                controller.readout if controller is not None else None,
-                               retries=lambda: {role: e.retries for role, e in exchanges.items()}))
+                               retries=lambda: {role: e.retries for role, e in exchanges.items()},
+                               feedback=data.feedback.counters if data.feedback is not None else None))
     admin = AdminAPI(
         controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
         config.admin.token, audit, evidence.windows, clock,
@@ -152,7 +183,7 @@ class CanaryProxy:
         self.shared: replication.Shared | None = None
         if config.coordination.shared:
             self.shared = replication.shared_backend(config, settings.window_config(config).span_seconds)
-            self.data = build_data_plane(config, self.shared.feed, self.clock, sink)
+            self.data = build_data_plane(config, self.shared.feed, self.clock, sink, self.shared)
             self.control = build_control_plane(config, self.data, None, self.clock, self.is_ready, self.shared)
         else:
             feed = DirectFeed()

@@ -16,7 +16,8 @@ one contract suite, tests/backends/, run against every implementation.
   the next holder's token is larger.
 * `OutcomeFeed`: how what each process observed reaches the one evidence (windows and judge)
   that decides. To the data plane it is one more outcome sink: `record` publishes, on the
-  request path, and never blocks or raises.
+  request path, and never blocks or raises. A shared feed also carries accepted feedback
+  (`record_feedback`, False when it cannot take more).
 * `OutcomeLog`: the shared feed as a log every process reads in the same order (`read_from` a
   position), with the judge's checkpoint beside it — how each process keeps an identical copy of
   the evidence, and a new one catches up.
@@ -30,7 +31,7 @@ from typing import Protocol
 
 from canaryproxy.core.evidence_events import EvidenceEvent
 from canaryproxy.core.stages import RolloutState
-from canaryproxy.core.types import Observed
+from canaryproxy.core.types import Feedback, Observed
 
 
 class RolloutStore(Protocol):
@@ -89,11 +90,13 @@ Position = str  # where in the shared outcome log; "0-0" is before the first ent
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One entry of the shared outcome log: a batch of records, then the events published after."""
+    """One entry of the shared outcome log: a batch of records, the feedback accepted meanwhile,
+    then the events published after."""
 
     position: Position
     records: Sequence[Observed]
     events: Sequence[EvidenceEvent]
+    feedback: Sequence[Feedback] = ()
 
 
 class OutcomeLog(Protocol):

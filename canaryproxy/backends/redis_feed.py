@@ -7,8 +7,14 @@ b <records>`), which also trims what no window can need any more. The batch is b
 Redis is away records accumulate up to `max_buffered`, then new ones are dropped and counted —
 a request never waits for Redis.
 
+Accepted feedback (core.types.Feedback, from the feedback endpoint of any process) travels in the
+same entries as JSON in field `f`, after the entry's records: it is rare next to requests, and an
+entry without `f` (an older writer's) reads as one without feedback. It is bounded like the
+records: `record_feedback` answers False when `max_buffered` are waiting, and the endpoint then
+refuses the post (503) instead of losing it silently.
+
 Evidence events (a rollout restarts, the judge's latency baseline is fixed) travel in the same
-entries, after the entry's records, so every consumer applies them at the same point.
+entries, after the entry's records and feedback, so every consumer applies them at the same point.
 
 Consumers read the stream from a position (`read_from`), decode each entry and hand it on in
 stream order, which is the same order for every consumer. The judge's checkpoint (its state and
@@ -31,7 +37,7 @@ from canaryproxy.backends.redis import RedisSpace
 from canaryproxy.backends.protocols import Entry, Position
 from canaryproxy.core.evidence_events import EvidenceEvent, event_from_dict
 from canaryproxy.core.observation import decode_all, encode
-from canaryproxy.core.types import Observed
+from canaryproxy.core.types import Feedback, FeedbackKind, Observed, Role
 from canaryproxy.errors import StateError
 
 log = logging.getLogger("canaryproxy.redis")
@@ -49,6 +55,7 @@ class RedisOutcomeFeed:
         self.max_buffered = max_buffered
         self._batch: list[bytes] = []
         self._events: list[dict[str, Any]] = []
+        self._feedback: list[dict[str, Any]] = []
         self.published = 0  # records sent to Redis
         self.dropped = 0  # records dropped because the buffer was full
         self.failed_flushes = 0
@@ -62,6 +69,13 @@ class RedisOutcomeFeed:
             self.dropped += 1
             return
         batch.append(encode(outcome))
+
+    def record_feedback(self, feedback: Feedback) -> bool:
+        """Publish one accepted feedback record; False (nothing kept) when the buffer is full."""
+        if len(self._feedback) >= self.max_buffered:
+            return False
+        self._feedback.append(feedback_to_dict(feedback))
+        return True
 
     def announce(self, event: EvidenceEvent) -> None:
         """Publish an evidence event behind every record published before it."""
@@ -81,12 +95,15 @@ class RedisOutcomeFeed:
 
     async def flush(self) -> bool:
         """Send the batch as one entry. False (the batch kept) when Redis refused it."""
-        if not self._batch and not self._events:
+        if not self._batch and not self._events and not self._feedback:
             return True
         batch, self._batch = self._batch, []
         events, self._events = self._events, []
+        feedback, self._feedback = self._feedback, []
         minimum = int((time.time() - self.retention) * 1000)
         fields: dict[str, str | bytes] = {"r": self.replica, "b": b"".join(batch)}
+        if feedback:
+            fields["f"] = json.dumps(feedback)
         if events:
             fields["e"] = json.dumps(events)
         try:
@@ -94,6 +111,7 @@ class RedisOutcomeFeed:
                                          minid=minimum, approximate=True)
         except (RedisError, OSError) as exc:
             self._events = events + self._events  # events are few and must not be lost
+            self._feedback = (feedback + self._feedback)[-self.max_buffered:]  # the newest are kept
             self.failed_flushes += 1
             if self.failed_flushes == 1 or self.failed_flushes % 100 == 0:
                 log.warning("cannot publish %d outcomes to %s (%s); keeping them, up to %d",
@@ -159,7 +177,26 @@ def _decode_entry(position: Position, fields: Mapping[bytes, bytes]) -> Entry | 
     try:
         records = decode_all(fields.get(b"b", b""))
         events = [event_from_dict(e) for e in json.loads(fields[b"e"])] if b"e" in fields else []
-    except (ValueError, TypeError) as exc:
+        feedback = [feedback_from_dict(f) for f in json.loads(fields[b"f"])] if b"f" in fields else []
+    except (ValueError, TypeError, KeyError) as exc:
         log.error("skipping an unreadable outcome batch %s: %s", position, exc)
         return None
-    return Entry(position, records, events)
+    return Entry(position, records, events, feedback)
+
+
+def feedback_to_dict(feedback: Feedback) -> dict[str, Any]:
+    return {"role": feedback.role.value, "request_id": feedback.request_id, "routed_at": feedback.routed_at,
+            "weight": feedback.weight, "key_hash": feedback.key_hash, "name": feedback.name,
+            "value": feedback.value, "negative": feedback.negative, "received_at": feedback.received_at,
+            "kind": feedback.kind.value}
+
+
+def feedback_from_dict(document: Mapping[str, Any]) -> Feedback:
+    """ValueError, TypeError or KeyError for a document that is not one."""
+    value = document["value"]
+    key_hash = document["key_hash"]
+    if not isinstance(value, (bool, int, float, str)) or not (key_hash is None or isinstance(key_hash, int)):
+        raise ValueError(f"not a feedback record: {document!r}")
+    return Feedback(Role(document["role"]), str(document["request_id"]), float(document["routed_at"]),
+                    float(document["weight"]), key_hash, str(document["name"]), value,
+                    bool(document["negative"]), float(document["received_at"]), FeedbackKind(document["kind"]))

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from canaryproxy.config.coordination import CoordinationConfig
+from canaryproxy.config.feedback import FeedbackConfig
 from canaryproxy.config.fields import Listen, Strict, is_loopback
 from canaryproxy.config.inspection import InspectionConfig, PricingConfig, build_inspection_settings
 from canaryproxy.config.operations import AlertsConfig, StateConfig, WindowsConfig
@@ -35,6 +36,7 @@ class Config(Strict):
     windows: WindowsConfig = WindowsConfig()
     inspection: InspectionConfig = InspectionConfig()
     pricing: PricingConfig = PricingConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
 
     _inspection_settings: InspectionSettings | None = PrivateAttr(default=None)
 

@@ -14,6 +14,10 @@ user's requests are capped across the checkpoint as across processes. Nothing is
 (a record is either in the checkpoint or after it) and nothing is silently reset: without a
 checkpoint, the judge takes everything retained, and says so.
 
+Feedback records travel in the same entries (any process's endpoint accepted them, once) and go to
+`evidence.record_feedback` at their place in the log; those a checkpoint covers go only to the
+windows, as covered requests do, since the judge's restored state has taken them already.
+
 The canary requests that count toward a stage's `min_requests` are only those the leader reads
 live: what it read while catching up, or before it led, is already in the stored hold progress.
 """
@@ -52,6 +56,7 @@ class SharedEvidence:
         self._judge_from: tuple[int, int] = (0, 0)  # the judge takes records after this position
         self._next_checkpoint = 0.0
         self._away = False  # the log could not be read at the last attempt (logged once per outage)
+        self.feedback_taken = 0  # feedback records taken from the log into the evidence
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -110,13 +115,20 @@ class SharedEvidence:
 
     def _take(self, entry: Entry) -> None:
         evidence = self.evidence
+        self.feedback_taken += len(entry.feedback)
         if position_key(entry.position) > self._judge_from:
             for record in entry.records:
                 evidence.record(record)
+            for feedback in entry.feedback:
+                evidence.record_feedback(feedback)
             for event in entry.events:
                 evidence.apply(event)
             return
         evidence.replay(entry.records)  # covered by the checkpoint
+        for feedback in entry.feedback:
+            # Into the windows only, in the second its request was routed (Evidence.record_feedback
+            # files it there too); the restored judge has taken it already.
+            evidence.windows.record_feedback(feedback, feedback.routed_at)
 
     def _on_caught_up(self) -> None:
         if not self.caught_up.is_set():

@@ -29,9 +29,10 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, OutcomeSink, Role
 from canaryproxy.errors import UpstreamError
@@ -97,6 +98,20 @@ class ProxySettings:
     identity_encoding: bool = True
 
 
+class FeedbackHook(Protocol):
+    """The feedback endpoint as the forwarder sees it (canaryproxy/feedback/endpoint.py)."""
+
+    path: str
+
+    def stamp(self, outcome: Outcome, headers: CIMultiDict[str], origin: str | None) -> None:
+        """Add the attribution token (and CORS exposure) to a proxied response's headers."""
+        ...
+
+    async def handle(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+        """Answer a request to `path` (never forwarded)."""
+        ...
+
+
 def new_request_id() -> str:
     # Unique, not secret: a Mersenne Twister draw costs no system call (os.urandom does).
     return f"{_random_bits(128):032x}"
@@ -132,13 +147,16 @@ class Forwarder:
         inspection: InspectionSettings | None = None,
         now: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        feedback: FeedbackHook | None = None,
     ) -> None:
-        """`now` is the monotonic clock durations are measured on; `wall` gives `routed_at`."""
+        """`now` is the monotonic clock durations are measured on; `wall` gives `routed_at`.
+        `feedback`: the endpoint answering its path and stamping every response (None: off)."""
         self.settings = settings
         self.router = router
         self.trusted = trusted
         self.sink = sink
         self.inspection = inspection  # None: no inspection
+        self.feedback = feedback
         self.access_log = AccessLog() if settings.access_log else None
         self._now = now
         self._wall = wall  # wall-clock seconds: when a request was routed, as other hosts read it
@@ -193,6 +211,9 @@ class Forwarder:
         target = self._admit(request, request_id, content_length)
         if isinstance(target, web.Response):
             return target
+        feedback = self.feedback
+        if feedback is not None and request.path == feedback.path:
+            return await feedback.handle(request, request_id)  # answered here, never forwarded
 
         route = self.router.route(request)
         outcome = Outcome(
@@ -351,6 +372,8 @@ class Forwarder:
             headers[served_by] = outcome.role.value
         if X_REQUEST_ID not in headers:
             headers[X_REQUEST_ID] = outcome.request_id
+        if self.feedback is not None:
+            self.feedback.stamp(outcome, headers, request.headers.get("Origin"))
         inspector: Inspector | None = None
         if facts is not None and inspection is not None and self.inspection is not None:
             try:
