@@ -115,12 +115,12 @@ class SharedEvidence:
 
     def _take(self, entry: Entry) -> None:
         evidence = self.evidence
-        self.feedback_taken += len(entry.feedback)
         if position_key(entry.position) > self._judge_from:
             for record in entry.records:
                 evidence.record(record)
             for feedback in entry.feedback:
                 evidence.record_feedback(feedback)
+                self.feedback_taken += 1
             for event in entry.events:
                 evidence.apply(event)
             return
@@ -129,6 +129,7 @@ class SharedEvidence:
             # Into the windows only, in the second its request was routed (Evidence.record_feedback
             # files it there too); the restored judge has taken it already.
             evidence.windows.record_feedback(feedback, feedback.routed_at)
+            self.feedback_taken += 1
 
     def _on_caught_up(self) -> None:
         if not self.caught_up.is_set():
