@@ -87,7 +87,11 @@ class FeedbackEndpoint:
     # --- every proxied response ------------------------------------------------------------
 
     def stamp(self, outcome: Outcome, headers: CIMultiDict[str], origin: str | None) -> None:
-        request_id = outcome.request_id
+        # The id the client sees: ours, or the upstream's own X-Request-Id when it set one (then
+        # that is what a client quotes back).
+        request_id = headers.get(X_REQUEST_ID) or outcome.request_id
+        if not (len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+            request_id = outcome.request_id
         headers[self.header] = self.signer.sign(outcome.role, request_id, outcome.weight, outcome.routed_at,
                                                 outcome.key_hash)
         if self.request_ids is not None:

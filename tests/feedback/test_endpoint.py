@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from canaryproxy.core.types import Role
@@ -164,3 +165,20 @@ async def test_concurrent_duplicates_count_once(feedback_proxy, sdk):
                                      for _ in range(10)))
     assert sorted(a[2]["status"] for a in answers) == ["accepted"] + ["duplicate"] * 9
     assert counted(feedback_proxy, Role(served)) == {"thumbs": 1}
+
+
+async def test_the_request_id_an_upstream_set_is_the_one_remembered(upstreams, make_proxy):
+    async def answer_with_its_own_id(request):
+        return web.json_response({"ok": True}, headers={"X-Request-Id": "upstream-id-7"})
+
+    for upstream in upstreams:
+        upstream.on("POST", "/v1/chat/completions", answer_with_its_own_id)
+    proxy = await make_proxy(feedback=feedback_section())
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"http://127.0.0.1:{proxy.data_port}/v1/chat/completions", json={}) as response:
+            await response.read()
+            assert response.headers["X-Request-Id"] == "upstream-id-7"
+            served = Role(response.headers["x-canary-version"])
+    status, _, answer = await post(proxy.data_port, {"request_id": "upstream-id-7", "name": "thumbs", "value": False})
+    assert (status, answer) == (202, {"status": "accepted"})
+    assert counted(proxy, served) == {"thumbs": 1}
