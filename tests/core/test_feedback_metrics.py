@@ -68,3 +68,31 @@ def test_feedback_metrics_without_requests_or_ratings_have_no_value() -> None:
     snapshot = windows.snapshot(Role.CANARY, 60.0, 30.0)
     for name in FEEDBACK_METRICS:
         assert snapshot.metric(name).value is None, name
+
+
+def filled_windows() -> Windows:
+    """Ten minutes of one request a second, and a negative rating on every third, each filed in the
+    second its request was routed."""
+    windows = Windows(WindowConfig(bucket_seconds=1.0, span_seconds=900.0))
+    for second in range(600):
+        outcome = Outcome(role=Role.CANARY, started=0.0, weight=5.0, status=200, latency=0.5,
+                          routed_at=float(second))
+        windows.record(outcome, outcome.finished_at)
+        if second % 3 == 0:
+            windows.record_feedback(feedback(True, routed_at=float(second)), float(second))
+    return windows
+
+
+def test_a_late_window_ends_before_now_and_keeps_a_running_tally_of_its_own() -> None:
+    windows, fresh = filled_windows(), filled_windows()
+    for t in (400.5, 410.5, 420.5, 599.5):
+        late = windows.snapshot(Role.CANARY, 60.0, t, ends_before=120.0)
+        current = windows.snapshot(Role.CANARY, 60.0, t)  # alternating with the late one
+        expected = fresh.snapshot(Role.CANARY, 60.0, t - 120.0)
+        assert (late.judged, late.negative_feedback_received) == (expected.judged, expected.negative_feedback_received)
+        assert late.metric("negative_feedback_rate") == expected.metric("negative_feedback_rate")
+        assert current.judged == fresh.snapshot(Role.CANARY, 60.0, t).judged
+    since = windows.snapshot(Role.CANARY, 60.0, 599.5, since=500.0, ends_before=120.0)
+    assert since.judged == 0  # nothing at the weight since 500 s is 120 s old at 599.5 s
+    with pytest.raises(ValueError, match="ends_before must be a number of seconds >= 0"):
+        windows.snapshot(Role.CANARY, 60.0, 599.5, ends_before=-1.0)
