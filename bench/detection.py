@@ -444,7 +444,8 @@ def _start_second(
         if feedback_due is not None and outcome.status == 200 and rand() < FEEDBACK_RATED:
             negative = rand() < negative_rate
             routed_at = started + wall_offset
-            arrives = routed_at + latency + FEEDBACK_DELAY_MEDIAN * exp(FEEDBACK_DELAY_SIGMA * normals[bits(_NORMAL_BITS)])
+            delay = FEEDBACK_DELAY_MEDIAN * exp(FEEDBACK_DELAY_SIGMA * normals[bits(_NORMAL_BITS)])
+            arrives = routed_at + latency + delay
             record = Feedback(role, "", routed_at, weight, key, "thumbs", not negative, negative, arrives)
             heappush(feedback_due, (arrives, sequence + index, record))
 

@@ -161,7 +161,8 @@ async def test_a_canary_its_users_dislike_is_rolled_back_and_the_decision_names_
     [verdict] = rollback[0]["verdicts"]
     assert verdict["source"] == "judge:negative_feedback"
     canary, stable = verdict["details"]["canary"]["events"], verdict["details"]["stable"]["events"]
-    assert f"canary {canary:,} events / " in rollback[0]["summary"] and f"stable {stable:,} / " in rollback[0]["summary"]
+    summary = rollback[0]["summary"]
+    assert f"canary {canary:,} events / " in summary and f"stable {stable:,} / " in summary
     assert any("ALERT rollback" in r.message and "judge:negative_feedback" in r.message for r in caplog.records)
 
 
