@@ -23,6 +23,11 @@ user's requests are correlated, as in production. Per request, on a healthy vers
 * prompt tokens lognormal, median 400, per-user σ 0.5 and per-request σ 0.5; completion tokens
   lognormal, median 250, per-user σ 0.3 and per-request σ 0.6; output characters 4 per token;
 * a guardrail intervention with probability 0.5%.
+In the feedback scenarios (and only there, so the others draw the same numbers as before) 5% of the
+successful responses are rated by their user after a lognormal delay (median 30 s, σ = 1: a few
+minutes for the slowest 2%), negatively with probability 10% on a healthy version; the records
+reach `Evidence.record_feedback` when due, as they would through the proxy's feedback endpoint,
+and the judge runs with its feedback tests (`JudgeConfig(feedback=True)`: the family α stays 1%).
 
 Decision methods. `judge`: the judge with its defaults and no operator rules. `thresholds`: no
 judge, and the operator rules of config/example.yaml (`THRESHOLD_RULES`). Both use the same seeds,
@@ -74,7 +79,7 @@ from canaryproxy.core.judge import Judge, JudgeConfig
 from canaryproxy.core.rules import Comparison, Rule, RuleEngine
 from canaryproxy.core.splitter import Splitter
 from canaryproxy.core.stages import Phase, Plan, Stage
-from canaryproxy.core.types import Observed, Outcome, Role, Status
+from canaryproxy.core.types import Feedback, Observed, Outcome, Role, Status
 from canaryproxy.core.window import WindowConfig, Windows
 
 USERS = 5_000
@@ -90,6 +95,9 @@ COMPLETION_MEDIAN, COMPLETION_USER_SIGMA, COMPLETION_SIGMA = 250.0, 0.3, 0.6
 CHARS_PER_TOKEN = 4
 GUARDRAIL_RATE = 0.005
 GUARDRAIL = ("moderation",)
+FEEDBACK_RATED = 0.05  # share of successful responses whose user rates them
+FEEDBACK_DELAY_MEDIAN, FEEDBACK_DELAY_SIGMA = 30.0, 1.0  # seconds after the response; lognormal
+BASE_NEGATIVE_FEEDBACK = 0.1  # of the rated answers of a healthy version
 # One user in 50 is "hard": in the scenario "hard users" their prompts (long documents, odd
 # inputs) fail more often on either version. Chosen by key hash, so independent of activity and
 # of the role (the splitter hashes the key again with BLAKE2b).
@@ -127,6 +135,7 @@ class Behaviour:
     tokens_scale: float = 1.0  # multiplies prompt and completion tokens
     guardrail_rate: float = GUARDRAIL_RATE
     hard_user_error_factor: float = 1.0  # multiplies the failure rate of the hard users' requests
+    negative_feedback: float = BASE_NEGATIVE_FEEDBACK  # of rated answers (feedback scenarios only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +160,7 @@ class Scenario:
     description: str
     canary: BehaviourAt
     stable: BehaviourAt
+    feedback: bool = False  # users rate answers (late), and the judge runs its feedback tests
 
 
 def _healthy(setup: Setup, t: float, since_increase: float) -> Behaviour:
@@ -226,8 +236,19 @@ def _scenarios() -> dict[str, Scenario]:
         ("hard users (shared)", f"one user in {HARD_USER_MODULUS} fails {HARD_USER_FACTOR:g}x as often, "
          "on both versions (correlated failures within a user)", _hard_users, _hard_users),
     ]
+    rated = (f"{FEEDBACK_RATED:.0%} of answers rated after a lognormal delay (median "
+             f"{FEEDBACK_DELAY_MEDIAN:g} s, σ = {FEEDBACK_DELAY_SIGMA:g})")
+    with_feedback = [
+        ("feedback x2", f"negative feedback 2x stable's (20% vs 10% of rated answers); {rated}",
+         _steady(negative_feedback=2 * BASE_NEGATIVE_FEEDBACK)),
+        ("feedback x3", f"negative feedback 3x stable's (30% vs 10% of rated answers); {rated}",
+         _steady(negative_feedback=3 * BASE_NEGATIVE_FEEDBACK)),
+    ]
     scenarios = [Scenario(name, True, text, canary, _healthy) for name, text, canary in regressions]
+    scenarios += [Scenario(name, True, text, canary, _healthy, feedback=True) for name, text, canary in with_feedback]
     scenarios += [Scenario(name, False, text, canary, stable) for name, text, canary, stable in healthy]
+    scenarios.append(Scenario("A/A (feedback)", False, f"the canary is the same version; {rated}", _healthy,
+                              _healthy, feedback=True))
     return {scenario.name: scenario for scenario in scenarios}
 
 
@@ -283,10 +304,10 @@ def plan_for(setup: Setup) -> Plan:
     return Plan((Stage(setup.weight, hold),), min_requests=100, max_hold=hold)
 
 
-def judge_config(setup: Setup) -> JudgeConfig:
+def judge_config(setup: Setup, feedback: bool = False) -> JudgeConfig:
     if setup.warmup is None:
-        return JudgeConfig()
-    return JudgeConfig(warmup_seconds=setup.warmup)
+        return JudgeConfig(feedback=feedback)
+    return JudgeConfig(warmup_seconds=setup.warmup, feedback=feedback)
 
 
 def run_once(scenario: Scenario, method: str, setup: Setup, run: int, base_seed: int) -> RunResult:
@@ -300,7 +321,8 @@ async def _run_once(scenario: Scenario, method: str, setup: Setup, run: int, bas
     start = clock.monotonic()
     wall_offset = clock.wall() - start  # requests carry wall-clock routing times, as in the proxy
     splitter = Splitter(0.0, rng)
-    evidence = Evidence(Windows(WINDOW), Judge(judge_config(setup)) if method == "judge" else None)
+    judging = Judge(judge_config(setup, scenario.feedback)) if method == "judge" else None
+    evidence = Evidence(Windows(WINDOW), judging)
     store = MemoryRolloutStore()
     controller = Controller(
         plan_for(setup), RuleEngine(THRESHOLD_RULES if method == "thresholds" else ()), evidence,
@@ -311,6 +333,8 @@ async def _run_once(scenario: Scenario, method: str, setup: Setup, run: int, bas
 
     judge = controller.judge
     in_flight: list[tuple[float, int, Outcome]] = []  # (completion time, sequence, outcome)
+    # (wall time it arrives, sequence, record); None: no feedback in this scenario
+    feedback_due: list[tuple[float, int, Feedback]] | None = [] if scenario.feedback else None
     canary_times: list[float] = []  # completion time of each canary request, in order
     requests = 0
     weight_raised_at = 0.0
@@ -329,11 +353,13 @@ async def _run_once(scenario: Scenario, method: str, setup: Setup, run: int, bas
         users = rng.choices(population.ids, cum_weights=population.cumulative, k=count)
         _start_second(
             rng, population, users, start + seconds, wall_offset, weight, splitter.choose, stable,
-            canary, in_flight, requests,
+            canary, in_flight, requests, feedback_due,
         )
         requests += count
         seconds += 1
         _finish(in_flight, start + seconds, evidence.record, canary_times)
+        while feedback_due and feedback_due[0][0] <= start + seconds + wall_offset:
+            evidence.record_feedback(heappop(feedback_due)[2])
         if seconds >= next_evaluation:
             clock.advance(start + seconds - clock.monotonic())
             await controller.evaluate()
@@ -354,6 +380,9 @@ class _NoWindows(Windows):
     def record(self, outcome: Observed, t: float) -> None:
         return None
 
+    def record_feedback(self, feedback: Feedback, t: float) -> None:
+        return None
+
 
 def _start_second(
     rng: random.Random,
@@ -367,9 +396,11 @@ def _start_second(
     canary: Behaviour,
     in_flight: list[tuple[float, int, Outcome]],
     sequence: int,
+    feedback_due: list[tuple[float, int, Feedback]] | None = None,
 ) -> None:
     """Start one second of requests, routed at the weight in force now: each becomes an outcome
-    that waits in `in_flight` until its completion time."""
+    that waits in `in_flight` until its completion time; with `feedback_due`, a share of the
+    successful ones are rated, the rating waiting there until it arrives (wall time)."""
     rand = rng.random
     bits = rng.getrandbits
     normals = _NORMALS
@@ -383,7 +414,7 @@ def _start_second(
         started = second_start + (index + 0.5) * spacing
         key = hashes[user]
         role = choose(key)
-        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor = (
+        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor, negative_rate = (
             canary_profile if role is _CANARY else stable_profile
         )
         if hard_factor != 1.0 and key % HARD_USER_MODULUS == 0:
@@ -410,6 +441,13 @@ def _start_second(
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),
             )
         heappush(in_flight, (started + latency, sequence + index, outcome))
+        if feedback_due is not None and outcome.status == 200 and rand() < FEEDBACK_RATED:
+            negative = rand() < negative_rate
+            routed_at = started + wall_offset
+            delay = FEEDBACK_DELAY_MEDIAN * exp(FEEDBACK_DELAY_SIGMA * normals[bits(_NORMAL_BITS)])
+            arrives = routed_at + latency + delay
+            record = Feedback(role, "", routed_at, weight, key, "thumbs", not negative, negative, arrives)
+            heappush(feedback_due, (arrives, sequence + index, record))
 
 
 def _finish(
@@ -431,7 +469,7 @@ _LOG_PROMPT = math.log(PROMPT_MEDIAN)
 _LOG_COMPLETION = math.log(COMPLETION_MEDIAN)
 
 
-def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float]:
+def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float, float]:
     return (
         behaviour.error_rate,
         math.log(LATENCY_MEDIAN * behaviour.latency_scale),
@@ -439,6 +477,7 @@ def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, f
         math.log(behaviour.tokens_scale),
         behaviour.guardrail_rate,
         behaviour.hard_user_error_factor,
+        behaviour.negative_feedback,
     )
 
 

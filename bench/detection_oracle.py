@@ -1,6 +1,10 @@
 """How fast could any test catch an error-rate regression? The oracle behind the detection goals.
 
     .venv/bin/python bench/detection_oracle.py [--runs 1000] [--weight 5] [--base-error 0.01]
+        [--alphas 0.006,0.01]
+
+For the feedback tests, the events are negative ratings: `--base-error 0.00495` (5% of the 99%
+successful answers rated, 10% of those negative) `--alphas 0.001` (the feedback test's share).
 
 A sequential probability ratio test (SPRT) that is *told* the true ratio r is the fastest test of
 "canary no worse" against "canary r× worse" at a given α (Wald–Wolfowitz): no real judge, which
@@ -55,18 +59,21 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=5.0, help="canary percent")
     parser.add_argument("--base-error", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--alphas", default="0.006,0.01",
+                        help="comma-separated: the judge's share for errors and the family α by default")
     args = parser.parse_args()
+    alphas = [float(alpha) for alpha in args.alphas.split(",") if alpha.strip()]
     rng = random.Random(args.seed)
     w = args.weight / 100.0
     print(f"oracle SPRTs, weight {args.weight:g}%, stable failure rate {args.base_error:g}, {args.runs:,} runs each")
     print("| errors | α | label SPRT median (p90) | known-stable SPRT median (p90) |")
     print("|---|---:|---:|---:|")
     for ratio in (2.0, 3.0):
-        for alpha in (0.006, 0.01):
+        for alpha in alphas:
             row = []
             for known_stable in (False, True):
                 counts = sorted(
-                    requests_to_reject(rng, w, args.base_error, ratio, alpha, known_stable, 50_000)
+                    requests_to_reject(rng, w, args.base_error, ratio, alpha, known_stable, 200_000)
                     for _ in range(args.runs)
                 )
                 p90 = counts[int(0.9 * len(counts)) - 1]

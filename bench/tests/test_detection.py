@@ -50,3 +50,17 @@ def test_help_names_every_scenario() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "errors 50%" in " ".join(done.stdout.split())
+
+
+def test_feedback_scenarios_run_the_judge_on_late_feedback(tmp_path: Path) -> None:
+    out = tmp_path / "feedback.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "detection.py"), "--runs", "2", "--scenarios", "feedback x3,A/A (feedback)",
+         "--methods", "judge", "--horizon", "900", "--jobs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    summaries = {s["scenario"]: s for s in json.loads(out.read_text())["summaries"]}
+    assert summaries["feedback x3"]["rolled_back"] == 2
+    assert summaries["feedback x3"]["sources"] == {"judge:negative_feedback": 2}
+    assert summaries["A/A (feedback)"]["rolled_back"] == 0

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from canaryproxy.config.fields import Duration, Strict
-from canaryproxy.core.judge import DEFAULT_TESTS, JudgeConfig
+from canaryproxy.core.judge import DEFAULT_FEEDBACK_SETTLE, DEFAULT_TESTS, JudgeConfig, default_tests
 from canaryproxy.core.judge import TestConfig as JudgeTestConfig_
 from canaryproxy.core.metrics import METRICS, Unit
 from canaryproxy.core.rules import Comparison, Rule
@@ -102,11 +102,14 @@ class JudgeSettings(Strict):
         self.to_judge_config()
         return self
 
-    def to_judge_config(self) -> JudgeConfig:
+    def to_judge_config(self, feedback: bool = False, feedback_settle: float = DEFAULT_FEEDBACK_SETTLE
+                        ) -> JudgeConfig:
+        """The judge's config; with `feedback` (the server passes `feedback.enabled` and
+        `rollout.feedback_settle`) the feedback tests run and take their share of the budget."""
         # The default split is for a 1% budget; scale it to the configured total.
         scale = self.alpha / 0.01
         tests = {}
-        for name, default in DEFAULT_TESTS.items():
+        for name, default in default_tests(feedback).items():
             given = self.tests.get(name, JudgeTestConfig())
             tests[name] = JudgeTestConfig_(
                 alpha=given.alpha if given.alpha is not None else default.alpha * scale,
@@ -120,6 +123,8 @@ class JudgeSettings(Strict):
             warmup_seconds=self.warmup,
             warmup_tolerance=self.warmup_tolerance,
             burn_in=self.burn_in,
+            feedback=feedback,
+            feedback_settle=feedback_settle,
         )
 
 
@@ -133,6 +138,10 @@ class RolloutConfig(Strict):
     on_stable_breach: Literal["pause", "rollback", "ignore"] = "pause"
     early_promotion: bool = False
     judge: JudgeSettings = JudgeSettings()
+    # How long after a response its feedback is expected to have arrived: rules read late metrics
+    # (feedback) over windows that end this long before now, and the judge's feedback tests wait
+    # this long after each weight change before they may pass.
+    feedback_settle: Duration = Field(default=DEFAULT_FEEDBACK_SETTLE, gt=0)
 
     @model_validator(mode="after")
     def _plan_is_consistent(self) -> RolloutConfig:
@@ -153,6 +162,9 @@ class RolloutConfig(Strict):
         )
 
     def longest_window(self) -> float:
-        return max((r.window for r in self.rules), default=0.0)
+        """The longest span a rule reads back from now: a late metric's window ends
+        `feedback_settle` before now, so it reaches that much further back."""
+        return max((r.window + (self.feedback_settle if METRICS[r.metric].late else 0.0) for r in self.rules),
+                   default=0.0)
 
 

@@ -30,7 +30,7 @@ from canaryproxy.control.follower import Follower
 from canaryproxy.core.judge import Judge
 from canaryproxy.core.rules import MetricSource, RuleEngine
 from canaryproxy.core.snapshot import WindowSnapshot
-from canaryproxy.core.metrics import MetricValue
+from canaryproxy.core.metrics import METRICS, MetricValue
 from canaryproxy.core.stages import (
     Action, Alert, AlertKind, Decision, Op, Phase, Plan, RolloutState, SetWeight, StepInputs,
     command as stage_command, explain, rebase, step,
@@ -47,21 +47,27 @@ COMMAND_ATTEMPTS = 5  # compare-and-set attempts of one command racing other wri
 
 class WindowSource(MetricSource):
     """The rules' MetricSource over the evidence at one wall-clock time; one snapshot per
-    (role, window, same_weight) per evaluation. Rules keep their own (monotonic) time for `for:`.
-    `weight_since` is the wall-clock time the weight in force took effect, None when unknown."""
+    (role, window, same_weight, late) per evaluation. Rules keep their own (monotonic) time for `for:`.
+    `weight_since` is the wall-clock time the weight in force took effect, None when unknown.
+    Late metrics (feedback) are read over windows ending `feedback_settle` seconds before `wall`
+    (core/rules.py); None: the evidence's (`Evidence.feedback_settle`, `rollout.feedback_settle`)."""
 
-    def __init__(self, evidence: Evidence, wall: float, weight_since: float | None = None) -> None:
+    def __init__(self, evidence: Evidence, wall: float, weight_since: float | None = None,
+                 feedback_settle: float | None = None) -> None:
         self._evidence = evidence
         self._wall = wall
         self._weight_since = weight_since
-        self._snapshots: dict[tuple[Role, float, bool], WindowSnapshot] = {}
+        self.late_by = evidence.feedback_settle if feedback_settle is None else feedback_settle
+        self._snapshots: dict[tuple[Role, float, bool, bool], WindowSnapshot] = {}
 
     def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:
-        key = (role, window, same_weight)
+        late = METRICS[name].late
+        key = (role, window, same_weight, late)
         snapshot = self._snapshots.get(key)
         if snapshot is None:
             since = self._weight_since if same_weight else None
-            snapshot = self._snapshots[key] = self._evidence.snapshot(role, window, self._wall, since)
+            snapshot = self._snapshots[key] = self._evidence.snapshot(
+                role, window, self._wall, since, ends_before=self.late_by if late else 0.0)
         return snapshot.metric(name)
 
 

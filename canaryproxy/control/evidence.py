@@ -3,7 +3,9 @@
 Whatever process served a request, its record arrives here through the outcome feed — in one
 process straight from the data plane, with several through the shared backend — and is filed in
 the windows at the wall-clock second it finished, counted toward the stage's `min_requests`
-when the canary served it, and taken in by the judge. The controller reads only from here.
+when the canary served it, and taken in by the judge. Feedback records (late verdicts on a
+response: `record_feedback`) are filed at their request's routing second and taken in by the
+judge's feedback tests. The controller reads only from here.
 
 The judge's latency tests compare against stable's p95 and p99, which this module fixes once per
 rollout from stable's own window (`LATENCY_BASELINE_SPAN`), never from the data under test: any
@@ -19,10 +21,11 @@ one of them take over, or save a checkpoint another can continue from).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 from canaryproxy.core.evidence_events import EvidenceEvent, LatencyBaseline, Restart
-from canaryproxy.core.judge import Judge
+from canaryproxy.core.judge import DEFAULT_FEEDBACK_SETTLE, Judge
 from canaryproxy.core.snapshot import WindowSnapshot
 from canaryproxy.core.types import Feedback, Observed, Role, Verdict
 from canaryproxy.core.window import Windows
@@ -38,11 +41,17 @@ LATENCY_BASELINE_MIN_REQUESTS = 100
 class Evidence:
     """An `ObservedSink` and `FeedbackSink`: windows + judge + the canary request count."""
 
-    __slots__ = ("windows", "judge", "announce", "_canary_requests", "_baseline_needed")
+    __slots__ = ("windows", "judge", "feedback_settle", "announce", "_canary_requests", "_baseline_needed")
 
-    def __init__(self, windows: Windows, judge: Judge | None) -> None:
+    def __init__(self, windows: Windows, judge: Judge | None,
+                 feedback_settle: float = DEFAULT_FEEDBACK_SETTLE) -> None:
+        if not 0.0 < feedback_settle < math.inf:
+            raise ValueError(f"feedback_settle must be a positive number of seconds, got {feedback_settle!r}")
         self.windows = windows
         self.judge = judge
+        # How long after a response its feedback is due: the rules' late metrics read windows that
+        # end this long before now (`WindowSource`); the judge has its own (JudgeConfig).
+        self.feedback_settle = feedback_settle
         # Where events go; replaced by the shared feed's when several processes share the evidence.
         self.announce: Callable[[EvidenceEvent], None] = self.apply
         self._canary_requests = 0  # canary requests that count for the version, since taken
@@ -66,8 +75,11 @@ class Evidence:
             self.judge.prime_key_caps(records)
 
     def record_feedback(self, feedback: Feedback) -> None:
-        """Take in one feedback record, in the second its request was routed (it is late)."""
+        """Take in one feedback record: into the windows in the second its request was routed (it
+        is late), and into the judge's feedback tests (which label it by the share at routing)."""
         self.windows.record_feedback(feedback, feedback.routed_at)
+        if self.judge is not None:
+            self.judge.observe_feedback(feedback)
 
     # --- what an evaluation reads ------------------------------------------------------------
 
@@ -86,10 +98,11 @@ class Evidence:
             return []
         if self._baseline_needed:
             self._fix_latency_baseline(wall)
-        return self.judge.verdicts()
+        return self.judge.verdicts(wall)
 
-    def snapshot(self, role: Role, span: float, wall: float, since: float | None = None) -> WindowSnapshot:
-        return self.windows.snapshot(role, min(span, self.windows.config.span_seconds), wall, since)
+    def snapshot(self, role: Role, span: float, wall: float, since: float | None = None,
+                 ends_before: float = 0.0) -> WindowSnapshot:
+        return self.windows.snapshot(role, min(span, self.windows.config.span_seconds), wall, since, ends_before)
 
     def discard_canary_requests(self) -> None:
         """Forget the pending count: a new leader's stored state already holds its predecessor's."""

@@ -6,6 +6,11 @@ snapshot (`canaryproxy.core.window.WindowSnapshot.metric`).
 
 Units decide how a threshold is written in config: `seconds` accepts durations (`10s`, `250ms`),
 the others plain numbers.
+
+*Late* metrics (`MetricSpec.late`) count feedback (core.types.Feedback): a user's rating or a
+downstream failure arrives after the response (median ~30 s, sometimes minutes) and is filed in
+the second its request was routed, so the last minutes of a window are always short of it. Rules
+read them over a window that ends `rollout.feedback_settle` before now (core/rules.py).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class MetricSpec:
     unit: Unit
     samples: str  # what counts as one sample, for "insufficient data" and the decision record
     description: str
+    late: bool = False  # counts feedback, which arrives after the response (module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +47,8 @@ class MetricValue:
     samples: int
 
 
-def _spec(name: str, unit: Unit, samples: str, description: str) -> tuple[str, MetricSpec]:
-    return name, MetricSpec(name, unit, samples, description)
+def _spec(name: str, unit: Unit, samples: str, description: str, late: bool = False) -> tuple[str, MetricSpec]:
+    return name, MetricSpec(name, unit, samples, description, late)
 
 
 METRICS: dict[str, MetricSpec] = dict(
@@ -86,5 +92,15 @@ METRICS: dict[str, MetricSpec] = dict(
               "share of LLM responses without a usage block"),
         _spec("cost_per_request", Unit.USD, "priced responses", "mean cost per response in USD"),
         _spec("request_rate", Unit.PER_SECOND, "requests", "requests per second"),
+        _spec("negative_feedback_rate", Unit.RATIO, "requests",
+              "negative user feedback records per response (late)", late=True),
+        _spec("negative_feedback_per_minute", Unit.PER_MINUTE, "requests",
+              "negative user feedback records per minute (late)", late=True),
+        _spec("negative_feedback_share", Unit.RATIO, "rated responses",
+              "share of the user feedback received that is negative: among answers rated (late)", late=True),
+        _spec("downstream_error_rate", Unit.RATIO, "requests",
+              "downstream failures reported per response (late)", late=True),
+        _spec("downstream_errors_per_minute", Unit.PER_MINUTE, "requests",
+              "downstream failures reported per minute (late)", late=True),
     ]
 )

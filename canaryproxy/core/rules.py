@@ -26,6 +26,16 @@ who want slack around zero should write a constant-threshold rule. A relative ru
 metric compares like with like: reported counts with reported counts, or the proxy's own count on
 both sides when either version's counts are estimates (core/token_sources.py).
 
+Rules on late metrics (`MetricSpec.late`: feedback, which arrives after the response and is filed
+in the second its request was routed) read a window that ends `late_by` seconds before now (the
+source's; `rollout.feedback_settle`, 2m by default: how long after a response its feedback is
+expected to have arrived). Over the last minutes the feedback is still on its way, so a window
+ending now would read a canary as healthy before its users had time to say otherwise, and a
+rise in weight as a fall in the rate. The source holds the clock and the shift, so the rules stay
+pure; the verdict says which span it read ("5m ending 2m0s ago"). A relative rule on a late metric
+reads the part of that shifted window since the weight changed: nothing, so INCONCLUSIVE, until
+the first responses at the new weight are `late_by` old.
+
 Constant-threshold rules are checked on stable as well. When the canary breaches and stable, with
 enough samples, breaches the same threshold, the verdict says `also_on_stable`: the stage machine
 treats that as an environment problem (see `canaryproxy.core.stages`), not the canary's fault.
@@ -71,8 +81,11 @@ class MetricSource(Protocol):
     """Where rules read metric values: the per-role windows, or a table in tests.
 
     With `same_weight`, the value is over the part of the window since the canary's weight last
-    changed (the whole window when that is older, or unknown): what relative rules compare.
+    changed (the whole window when that is older, or unknown): what relative rules compare. A late
+    metric (`MetricSpec.late`) is read over the window that ends `late_by` seconds before `t`.
     """
+
+    late_by: float
 
     def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue: ...
 
@@ -168,6 +181,7 @@ class RuleEngine:
     def _evaluate(self, index: int, rule: Rule, source: MetricSource, t: float,
                   stable_in_service: bool) -> Verdict:
         relative = rule.comparison.relative
+        late_by = source.late_by if METRICS[rule.metric].late else 0.0
         compared = TokenComparison(rule.metric, None, None)
         if relative:
             compared = compared_metric(rule.metric, source, rule.window, t)
@@ -177,36 +191,36 @@ class RuleEngine:
         if rule.comparison.relative and not stable_in_service:
             self._streak_starts[index] = None
             reason = f"{rule.metric}: no comparison with stable while the canary takes all traffic"
-            return _verdict(rule, Status.PASS, reason, canary, stable, None, t, compared=compared)
+            return _verdict(rule, Status.PASS, reason, canary, stable, None, t, compared=compared, late_by=late_by)
         if compared.metric is None:  # the sources differ and nothing comparable counts both alike
             reason = (f"insufficient data: {rule.metric} is compared on reported usage only, and "
                       f"{compared.sources_text()}")
             return _verdict(rule, Status.INCONCLUSIVE, reason, canary, stable, self._streak_starts[index], t,
-                            compared=compared)
-        shortfall = _shortfall(rule, canary, "", metric)
+                            compared=compared, late_by=late_by)
+        shortfall = _shortfall(rule, canary, "", metric, late_by)
         if shortfall is None and rule.comparison.relative:
-            shortfall = _shortfall(rule, stable, " on stable", metric)
+            shortfall = _shortfall(rule, stable, " on stable", metric, late_by)
         if shortfall is not None:
             streak_start = self._streak_starts[index]  # left as it was: see the module docstring
             return _verdict(rule, Status.INCONCLUSIVE, _noted(shortfall, compared), canary, stable,
-                            streak_start, t, compared=compared)
+                            streak_start, t, compared=compared, late_by=late_by)
 
         assert canary.value is not None  # _shortfall returned None
         limit = rule.limit(stable.value)
         assert limit is not None  # a relative rule got past _shortfall only with a stable value
         if not rule.breached_by(canary.value, limit):
             self._streak_starts[index] = None
-            reason = _noted(_pass_reason(rule, canary, stable, limit), compared)
-            return _verdict(rule, Status.PASS, reason, canary, stable, None, t, compared=compared)
+            reason = _late(_noted(_pass_reason(rule, canary, stable, limit), compared), rule, late_by)
+            return _verdict(rule, Status.PASS, reason, canary, stable, None, t, compared=compared, late_by=late_by)
 
         streak_start = self._streak_starts[index]
         if streak_start is None:
             streak_start = self._streak_starts[index] = t
         held = t - streak_start
         status = Status.FAIL if held >= rule.for_ else Status.PENDING
-        reason = _noted(_breach_reason(rule, canary, stable, limit, held, status), compared)
+        reason = _late(_noted(_breach_reason(rule, canary, stable, limit, held, status), compared), rule, late_by)
         also_on_stable = _also_on_stable(rule, stable, limit)
-        return _verdict(rule, status, reason, canary, stable, streak_start, t, also_on_stable, compared)
+        return _verdict(rule, status, reason, canary, stable, streak_start, t, also_on_stable, compared, late_by)
 
 
 def _noted(reason: str, compared: TokenComparison) -> str:
@@ -214,6 +228,13 @@ def _noted(reason: str, compared: TokenComparison) -> str:
     if not compared.substituted:
         return reason
     return f"{reason}; compared as {compared.metric} on both versions ({compared.sources_text()})"
+
+
+def _late(reason: str, rule: Rule, late_by: float) -> str:
+    """`reason`, saying which span a late metric was read over."""
+    if not late_by:
+        return reason
+    return f"{reason}; over {format_duration(rule.window)} ending {format_duration(late_by)} ago"
 
 
 def _require_number(where: str, field: str, value: object) -> None:
@@ -225,9 +246,11 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _shortfall(rule: Rule, sample: MetricValue, side: str, metric: str) -> str | None:
+def _shortfall(rule: Rule, sample: MetricValue, side: str, metric: str, late_by: float) -> str | None:
     """Why `sample` (of `metric`) is too thin to judge, or None when it is enough."""
     window = format_duration(rule.window)
+    if late_by:
+        window += f" ending {format_duration(late_by)} ago"  # the feedback on the rest is still due
     if rule.comparison.relative:
         window += " at this weight"  # only the part of the window since the weight changed counts
     noun = METRICS[metric].samples
@@ -295,6 +318,7 @@ def _verdict(
     t: float,
     also_on_stable: bool = False,
     compared: TokenComparison | None = None,
+    late_by: float = 0.0,
 ) -> Verdict:
     details: dict[str, Any] = {
         "metric": rule.metric,
@@ -311,6 +335,8 @@ def _verdict(
         "streak_start": streak_start,
         "streak_duration": None if streak_start is None else t - streak_start,
     }
+    if METRICS[rule.metric].late:
+        details["window_ends_before"] = late_by
     if compared is not None and compared.substituted:
         details["compared_metric"] = compared.metric
         details["estimated_share"] = {"canary": compared.canary_share, "stable": compared.stable_share}

@@ -82,6 +82,9 @@ class WindowSnapshot:
                        "requests": self.token_requests, "estimated": self.tokens_estimated,
                        "estimated_share": self.metric("tokens_estimated_rate").value},
             "cost_usd": self.cost_usd,
+            "feedback": {"received": self.feedback_received, "negative": self.negative_feedback_received,
+                         "downstream_reports": self.downstream_reports,
+                         "downstream_errors": self.downstream_errors},
             "metrics": {
                 name: {"value": value.value, "samples": value.samples}
                 for name, value in ((name, self.metric(name)) for name in METRICS)
@@ -136,4 +139,11 @@ _METRIC_FUNCTIONS: dict[str, Callable[[WindowSnapshot], MetricValue]] = {
     "usage_missing_rate": lambda s: _ratio(s.usage_missing, s.output_chars_count),
     "cost_per_request": lambda s: _ratio(s.cost_usd, s.cost_count),
     "request_rate": lambda s: _per_span(s.requests, s.requests, s.span),
+    # Feedback is filed at its request's routing second, requests at their last byte's: the
+    # denominators are the requests that count for the version in the same window.
+    "negative_feedback_rate": lambda s: _ratio(s.negative_feedback_received, s.judged),
+    "negative_feedback_per_minute": lambda s: _per_span(s.negative_feedback_received, s.judged, s.span / 60.0),
+    "negative_feedback_share": lambda s: _ratio(s.negative_feedback_received, s.feedback_received),
+    "downstream_error_rate": lambda s: _ratio(s.downstream_errors, s.judged),
+    "downstream_errors_per_minute": lambda s: _per_span(s.downstream_errors, s.judged, s.span / 60.0),
 }

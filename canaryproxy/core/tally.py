@@ -102,6 +102,12 @@ COUNTS: tuple[Declaration, ...] = (
     _count("estimated_tokens", "o.estimated_tokens"),  # the proxy's own count, on every version alike
     _flag("estimated_token_requests", "o.estimated_tokens is not None"),
     _flag("cost_count", "o.cost_usd is not None"),
+    # Feedback records (core.types.Feedback), filed in the second their request was routed: per
+    # kind, what was received and what was negative (the users' verdict was bad; the consumer failed).
+    _flag("feedback_received", "o.kind == 'feedback'", Scope.FEEDBACK),
+    _flag("negative_feedback_received", "o.kind == 'feedback' and o.negative", Scope.FEEDBACK),
+    _flag("downstream_reports", "o.kind == 'downstream_error'", Scope.FEEDBACK),
+    _flag("downstream_errors", "o.kind == 'downstream_error' and o.negative", Scope.FEEDBACK),
 )
 TOTALS: tuple[Declaration, ...] = (_total("cost_usd", "o.cost_usd"),)
 LABELLED: tuple[Declaration, ...] = (

@@ -64,6 +64,7 @@ __all__ = [
 MAX_RUNNING_SPANS = 8  # distinct spans per role with a sliding running tally (config rules use few)
 
 _NEVER = -(2**63)  # below any bucket index a monotonic clock produces: "holds no bucket"
+_RunningKey = tuple[str, int, float]  # ("span", buckets) or ("since", low end), and how early it ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ class RoleWindow:
         self._buckets = [Tally() for _ in range(self._ring_size)]
         self._bucket_indexes = [_NEVER] * self._ring_size  # the bucket each slot holds
         self._newest_index = _NEVER
-        self._running: dict[tuple[str, int], _RunningTally] = {}  # by span or low end, least recent first
+        self._running: dict[_RunningKey, _RunningTally] = {}  # by span or low end, least recent first
         self._running_high = _NEVER  # the highest bucket any running tally holds
         self.series_cache = SeriesCache(0, ())  # closed steps of the last series (module docstring)
 
@@ -163,20 +164,28 @@ class RoleWindow:
             self._reuse_slot(position, index)
         return index
 
-    def snapshot(self, span: float, t: float, since: float | None = None) -> WindowSnapshot:
+    def snapshot(self, span: float, t: float, since: float | None = None, ends_before: float = 0.0
+                 ) -> WindowSnapshot:
         """Merge the buckets of the last `span` seconds up to time `t` (included); with `since`,
-        only the buckets wholly after time `since` (the bucket holding it is left out).
+        only the buckets wholly after time `since` (the bucket holding it is left out); with
+        `ends_before`, the span ends that many seconds before `t` (a late metric's window:
+        core/metrics.py).
 
         A `since` inside the span has a running tally of its own, whose low end stays put while
         its high end follows `t`, so a comparison since a weight change costs what a span does.
+        A window that ends early has its own too: one tally sliding between two ends would pay
+        for the difference at every evaluation.
         """
         span_buckets = self._checked_span_buckets(span)
-        now = int(t // self._bucket_seconds)
+        if not 0.0 <= ends_before < math.inf:
+            raise ValueError(f"snapshot ends_before must be a number of seconds >= 0, got {ends_before!r}")
+        now = int((t - ends_before) // self._bucket_seconds)
         low = max(now - span_buckets, self._newest_index - self._ring_size)
-        key, covered = ("span", span_buckets), span_buckets
+        key: _RunningKey = ("span", span_buckets, ends_before)
+        covered = span_buckets
         if since is not None and int(since // self._bucket_seconds) > low:
             low = min(int(since // self._bucket_seconds), now)
-            key, covered = ("since", low), max(now - low, 1)
+            key, covered = ("since", low, ends_before), max(now - low, 1)
         running = self._running_tally(key)
         self._slide(running, low, max(low, now - 1))
         merged = running.tally.copy()
@@ -233,7 +242,7 @@ class RoleWindow:
         bucket.clear()
         self._bucket_indexes[position] = index
 
-    def _running_tally(self, key: tuple[str, int]) -> _RunningTally:
+    def _running_tally(self, key: _RunningKey) -> _RunningTally:
         """The running tally of a span (or of a fixed low end), made most recently used; the least
         recent beyond MAX_RUNNING_SPANS is dropped."""
         running = self._running.pop(key, None) or _RunningTally()
@@ -291,8 +300,9 @@ class Windows:
     def record_feedback(self, feedback: Feedback, t: float) -> None:
         self[feedback.role].record_feedback(feedback, t)
 
-    def snapshot(self, role: Role, span: float, t: float, since: float | None = None) -> WindowSnapshot:
-        return self[role].snapshot(span, t, since)
+    def snapshot(self, role: Role, span: float, t: float, since: float | None = None, ends_before: float = 0.0
+                 ) -> WindowSnapshot:
+        return self[role].snapshot(span, t, since, ends_before)
 
     def __getitem__(self, role: Role) -> RoleWindow:
         try:

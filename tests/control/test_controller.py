@@ -6,7 +6,9 @@ judge, store, follower and decision record are the product's own.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import random
 
 import pytest
@@ -19,11 +21,12 @@ from canaryproxy.control.controller import Controller
 from canaryproxy.control.decisions import DecisionRecord
 from canaryproxy.control.evidence import Evidence
 from canaryproxy.control.follower import Follower
-from canaryproxy.core.judge import Judge
+from canaryproxy.core.judge import Judge, JudgeConfig
 from canaryproxy.core.rules import Comparison, Rule, RuleEngine
 from canaryproxy.core.splitter import Splitter
 from canaryproxy.core.stages import Op, Phase, Plan, Stage
-from canaryproxy.core.types import Outcome, Role
+from canaryproxy.core.types import Status
+from canaryproxy.core.types import Feedback, Outcome, Role
 from canaryproxy.core.window import WindowConfig, Windows
 from canaryproxy.errors import CommandRejected
 
@@ -35,11 +38,13 @@ ERRORS = Rule("errors", "error_rate", Comparison.ABOVE, 0.1, window=60.0, for_=2
 class Replica:
     """One process's control plane over a store: evidence, follower, controller, splitter."""
 
-    def __init__(self, clock: ManualClock, store, leadership=None, rules=(ERRORS,), judge=False,
+    def __init__(self, clock: ManualClock, store, leadership=None, rules=(ERRORS,), judge: bool | JudgeConfig = False,
                  plan: Plan = PLAN) -> None:
         self.clock = clock
         self.splitter = Splitter(0.0, random.Random(7))
-        self.evidence = Evidence(Windows(WindowConfig(1.0, 900.0)), Judge() if judge else None)
+        config = judge if isinstance(judge, JudgeConfig) else None
+        self.evidence = Evidence(Windows(WindowConfig(1.0, 900.0)), Judge(config) if judge else None)
+        self.feedback_due: list[tuple[float, int, Feedback]] = []  # (wall time it arrives, n, record)
         self.follower = Follower(store, self.splitter.set_weight, clock.monotonic)
         self.controller = Controller(
             plan, RuleEngine(rules), self.evidence, store, leadership or SoleLeadership(), self.follower,
@@ -47,16 +52,27 @@ class Replica:
         )
 
     def traffic(self, seconds: float, per_second: int = 40, canary_errors: float = 0.0,
-                stable_errors: float = 0.0, latency: float = 0.2, rng: random.Random = random.Random(3)) -> None:
-        """`seconds` of requests at the weight in force, then the clock moves on."""
+                stable_errors: float = 0.0, latency: float = 0.2, rng: random.Random = random.Random(3),
+                rated: float = 0.0, negative: tuple[float, float] = (0.1, 0.1)) -> None:
+        """`seconds` of requests at the weight in force, then the clock moves on. `rated` of the
+        responses get feedback after a lognormal delay (median 30 s, σ = 1), negative with
+        `negative` = (stable's, canary's) chance; it reaches the evidence when due."""
         for _ in range(int(seconds)):
             for i in range(per_second):
                 role = self.splitter.choose(None)
                 error_rate = canary_errors if role is Role.CANARY else stable_errors
                 status = 500 if rng.random() < error_rate else 200
+                wall = self.clock.wall()
                 self.evidence.record(Outcome(role, self.clock.monotonic(), self.splitter.weight,
-                                             status=status, latency=latency, routed_at=self.clock.wall()))
+                                             status=status, latency=latency, routed_at=wall))
+                if rng.random() < rated:
+                    bad = rng.random() < negative[role is Role.CANARY]
+                    arrives = wall + 30.0 * math.exp(rng.gauss(0.0, 1.0))
+                    record = Feedback(role, "r", wall, self.splitter.weight, None, "thumbs", not bad, bad, arrives)
+                    heapq.heappush(self.feedback_due, (arrives, len(self.feedback_due) + i, record))
             self.clock.advance(1.0)
+            while self.feedback_due and self.feedback_due[0][0] <= self.clock.wall():
+                self.evidence.record_feedback(heapq.heappop(self.feedback_due)[2])
 
     async def run(self, seconds: float, **traffic) -> None:
         """Traffic and an evaluation every EVERY seconds."""
@@ -112,6 +128,59 @@ async def test_a_slow_spell_of_both_versions_right_after_a_weight_rise_is_not_th
     replica.traffic(3, latency=2.0)
     await replica.run(70)
     assert replica.state.phase is Phase.PROMOTED, list(replica.controller.decisions)[-1]["summary"]
+
+
+FEEDBACK_JUDGE = JudgeConfig(feedback=True, feedback_settle=120.0)
+
+
+async def test_a_stage_does_not_advance_until_its_feedback_has_had_time_to_arrive(clock):
+    replica = Replica(clock, MemoryRolloutStore(), rules=(), judge=FEEDBACK_JUDGE)
+    await replica.controller.boot()
+    await replica.run(70, rated=0.1)  # the hold (60 s) has passed, the feedback settle (2m) has not
+    assert (replica.state.stage, replica.splitter.weight) == (0, 5.0)
+    waiting = [v for v in replica.controller.verdicts if v.status is Status.INCONCLUSIVE]
+    assert {v.source for v in waiting} == {"judge:negative_feedback", "judge:downstream_errors"}
+    assert all("more for feedback on requests at 5% to arrive" in v.reason for v in waiting)
+    extended = [d for d in replica.controller.decisions if d.get("trigger") == "hold_extended"]
+    assert extended and "judge:negative_feedback" in extended[-1]["summary"]
+    await replica.run(60, rated=0.1)
+    assert (replica.state.stage, replica.splitter.weight) == (1, 25.0)
+    await replica.run(70, rated=0.1)  # each weight waits for its own feedback
+    assert replica.state.stage == 1
+    await replica.run(60, rated=0.1)
+    assert replica.state.stage == 2
+
+
+async def test_a_canary_its_users_dislike_is_rolled_back_and_the_decision_names_the_test(clock, caplog):
+    replica = Replica(clock, MemoryRolloutStore(), rules=(), judge=FEEDBACK_JUDGE)
+    await replica.controller.boot()
+    with caplog.at_level(logging.WARNING, "canaryproxy.alerts"):
+        await replica.run(170, rated=0.5, negative=(0.1, 0.5))
+    assert replica.state.phase is Phase.ROLLED_BACK and replica.splitter.weight == 0.0
+    rollback = [d for d in replica.controller.decisions if d["after"] and d["after"]["phase"] == "rolled_back"]
+    [verdict] = rollback[0]["verdicts"]
+    assert verdict["source"] == "judge:negative_feedback"
+    canary, stable = verdict["details"]["canary"]["events"], verdict["details"]["stable"]["events"]
+    summary = rollback[0]["summary"]
+    assert f"canary {canary:,} events / " in summary and f"stable {stable:,} / " in summary
+    assert any("ALERT rollback" in r.message and "judge:negative_feedback" in r.message for r in caplog.records)
+
+
+async def test_a_rule_on_a_late_metric_reads_the_window_that_ended_feedback_settle_ago(clock):
+    late = Rule("unhappy", "negative_feedback_rate", Comparison.ABOVE, 0.05, window=60.0, for_=0.0,
+                min_samples=20)
+    replica = Replica(clock, MemoryRolloutStore(), rules=(late,))
+    replica.evidence.feedback_settle = 120.0
+    await replica.controller.boot()
+    await replica.run(60, rated=1.0, negative=(0.0, 1.0))
+    [verdict] = await replica.controller.evaluate()
+    # Two minutes have not passed: the window it reads ends before the canary's first request.
+    assert verdict.status is Status.INCONCLUSIVE
+    assert verdict.reason.startswith("insufficient data: 0 of 20 requests in 1m0s ending 2m0s ago")
+    await replica.run(130, rated=1.0, negative=(0.0, 1.0))
+    assert replica.state.phase is Phase.ROLLED_BACK
+    rollback = [d for d in replica.controller.decisions if d["after"] and d["after"]["phase"] == "rolled_back"]
+    assert rollback[0]["verdicts"][0]["details"]["window_ends_before"] == 120.0
 
 
 async def test_a_rule_that_fires_on_stable_too_pauses_instead_of_rolling_back(clock):

@@ -103,7 +103,8 @@ def test_unknown_test_name_lists_the_known_ones() -> None:
         JudgeConfig(tests={"erors": TestConfig(alpha=0.01)})
     assert str(raised.value) == (
         "judge.tests: unknown test 'erors'; known tests: errors, latency, latency_tail, guardrail, "
-        "schema, truncation, tokens, estimated_tokens, output_length, cost, log_latency"
+        "schema, truncation, tokens, estimated_tokens, output_length, cost, log_latency, negative_feedback, "
+        "downstream_errors"
     )
 
 

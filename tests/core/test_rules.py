@@ -22,6 +22,8 @@ class TableSource:
     def set(self, role: Role, metric: str, value: float | None, samples: int) -> None:
         self.values[(role, metric)] = MetricValue(value, samples)
 
+    late_by = 0.0  # late metrics: a table has no window to shift
+
     def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:
         return self.values.get((role, name), MetricValue(None, 0))  # a metric nothing counted: no value
 
@@ -413,3 +415,23 @@ def test_constant_threshold_token_rules_are_left_as_written():
     rule = Rule("long", "output_tokens_per_request", Comparison.ABOVE, 500.0, window=60.0, for_=0.0)
     [verdict] = RuleEngine([rule]).evaluate(source, 0.0)
     assert verdict.status is Status.FAIL and "compared_metric" not in verdict.details
+
+
+# --- late metrics ------------------------------------------------------------------------------------
+
+
+def test_a_rule_on_a_late_metric_says_its_window_ends_feedback_settle_ago() -> None:
+    source = TableSource()
+    source.late_by = 120.0
+    source.set(Role.CANARY, "negative_feedback_rate", 0.2, 7)
+    source.set(Role.CANARY, "error_rate", 0.2, 7)
+    late = Rule("unhappy", "negative_feedback_rate", Comparison.ABOVE, 0.05, window=300.0, for_=0.0)
+    engine = RuleEngine([late, errors_rule()])
+    unhappy, errors = engine.evaluate(source, 0.0)
+    assert unhappy.reason == "insufficient data: 7 of 20 requests in 5m0s ending 2m0s ago"
+    assert unhappy.details["window_ends_before"] == 120.0
+    assert errors.reason == "insufficient data: 7 of 20 requests in 1m0s"  # not late: not shifted
+    assert "window_ends_before" not in errors.details
+    source.set(Role.CANARY, "negative_feedback_rate", 0.2, 70)
+    [fired] = RuleEngine([late]).evaluate(source, 10.0)
+    assert fired.status is Status.FAIL and fired.reason.endswith("; over 5m0s ending 2m0s ago")

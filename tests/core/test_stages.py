@@ -58,6 +58,8 @@ class TableSource:
             samples = self.values[(role, metric)].samples
         self.values[(role, metric)] = MetricValue(value, samples)
 
+    late_by = 0.0  # late metrics: a table has no window to shift
+
     def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:
         return self.values.get((role, name), MetricValue(None, 0))  # a metric nothing counted: no value
 

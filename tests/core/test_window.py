@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from canaryproxy.core.histogram import Histogram
 from canaryproxy.core.metrics import METRICS
-from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, Role
+from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Feedback, Outcome, Role
 from canaryproxy.core.window import (
     COUNT_LAYOUT,
     LATENCY_LAYOUT,
@@ -283,6 +283,8 @@ def test_metrics_of_a_small_window_by_hand():
                                completion_tokens=1, output_chars=3, cost_usd=9.0,
                                guardrails=("input",)), t)
     windows.record(llm_outcome(Role.STABLE, status=500), t)
+    windows.record_feedback(Feedback(role=Role.CANARY, request_id="r", routed_at=t, weight=5.0, key_hash=None,
+                                     name="thumbs", value=False, negative=True, received_at=t + 20), t)
 
     snapshot = windows.snapshot(Role.CANARY, 60.0, t + 30)
     values = {name: snapshot.metric(name) for name in METRICS}
@@ -303,6 +305,11 @@ def test_metrics_of_a_small_window_by_hand():
         "estimated_tokens_per_request": (28.0, 2),
         "cost_per_request": (0.02, 2),
         "request_rate": (4 / 60, 4),
+        "negative_feedback_rate": (1 / 3, 3),
+        "negative_feedback_per_minute": (1.0, 3),
+        "negative_feedback_share": (1.0, 1),
+        "downstream_error_rate": (0.0, 3),
+        "downstream_errors_per_minute": (0.0, 3),
     }
     quantiles = {
         "latency_p50": (2.0, 3),

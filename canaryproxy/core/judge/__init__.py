@@ -13,7 +13,9 @@ Two kinds of tests
 requests with an event, J alternatives): failed requests (`errors`), requests slower than stable's
 p95 (`latency`) and than stable's p99 (`latency_tail`), both fixed before the test looks,
 guardrail interventions (`guardrail`), schema failures (`schema`), truncated responses
-(`truncation`).
+(`truncation`). With feedback on (`JudgeConfig.feedback`), two more run on late feedback records
+(feedback.py, `observe_feedback`): negative user feedback (`negative_feedback`) and downstream
+failures (`downstream_errors`), labelled against the canary's share at routing.
 
 *Amount tests* (normal mixture on x = log(1 + y), amounts.py; O(1) per request): tokens per
 request (`tokens`, prompt plus completion), output length in characters (`output_length`), cost
@@ -26,6 +28,7 @@ The modules
   warm-up, the per-key caps, the latency thresholds, each event test's blocks — emitting closed
   blocks and amount samples;
 * `events` and `amounts`: the evidence, folded from what the intake emits;
+* `feedback`: the feedback tests' intake (shares per weight at routing, key caps) and settling;
 * `judge`: the `Judge` that joins them, and saves and restores its state (`state`);
 * `numerics`: the arithmetic, checked against reference numbers.
 
@@ -40,14 +43,19 @@ from canaryproxy.core.judge.amounts import AmountEvidence
 from canaryproxy.core.judge.blocks import BLOCK_REQUESTS, EVENT_KINDS, Block, Events, EventSeen
 from canaryproxy.core.judge.config import (
     AMOUNT_TESTS,
+    DEFAULT_FEEDBACK_SETTLE,
     DEFAULT_TESTS,
     EVENT_TESTS,
+    FEEDBACK_DEFAULT_TESTS,
+    FEEDBACK_TESTS,
     LATENCY_EVENT_TESTS,
     WARM_UP_TESTS,
     JudgeConfig,
     TestConfig,
+    default_tests,
 )
 from canaryproxy.core.judge.events import CS_GRID, EventEvidence
+from canaryproxy.core.judge.feedback import TEST_OF_KIND, RoutedShares
 from canaryproxy.core.judge.intake import AMOUNT_KINDS, Amounts, EvidenceSink, Intake
 from canaryproxy.core.judge.judge import Judge
 from canaryproxy.core.judge.keycap import KeyCap
@@ -67,8 +75,9 @@ from canaryproxy.core.judge.numerics import (
 )
 
 __all__ = [
-    "AMOUNT_KINDS", "AMOUNT_TESTS", "Amounts", "BLOCK_REQUESTS", "CS_GRID", "DEFAULT_TESTS", "EVENT_KINDS",
-    "EVENT_TESTS", "Events", "LATENCY_EVENT_TESTS", "WARM_UP_TESTS", "AmountEvidence", "Block",
+    "AMOUNT_KINDS", "AMOUNT_TESTS", "Amounts", "BLOCK_REQUESTS", "CS_GRID", "DEFAULT_FEEDBACK_SETTLE",
+    "DEFAULT_TESTS", "EVENT_KINDS", "EVENT_TESTS", "FEEDBACK_DEFAULT_TESTS", "FEEDBACK_TESTS", "TEST_OF_KIND",
+    "RoutedShares", "default_tests", "Events", "LATENCY_EVENT_TESTS", "WARM_UP_TESTS", "AmountEvidence", "Block",
     "EventEvidence", "EventSeen", "EvidenceSink", "Intake", "Judge", "JudgeConfig", "KeyCap", "TestConfig",
     "canary_share", "e_value", "format_e", "geometric_range", "log_likelihood_ratios", "log_mean_exp",
     "log_mixture", "log_normal_cdf", "mixture_log_weights", "mixture_precision", "normal_mixture_log_e",

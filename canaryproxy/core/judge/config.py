@@ -18,13 +18,26 @@ why comparing reported counts with estimates is no test); a canary whose server 
 usage is still tested, on the estimate. `latency_tail` gets a small α: a tail regression is large when it is there
 at all. A disabled test's share is simply not spent; `JudgeConfig.family_alpha` is the sum over
 the enabled tests.
+
+**Feedback.** The two feedback tests (`negative_feedback`, `downstream_errors`: feedback.py) run
+only with `JudgeConfig.feedback` (the server sets it from `feedback.enabled`). Without it the split
+above is the one in force, to the digit, and the feedback tests are off whatever `tests` says. With
+it the family budget stays what the operator set: the feedback tests take a fifth of it,
+
+    negative_feedback 0.1%   downstream_errors 0.1%
+
+and every other test keeps 80% of its share (`FEEDBACK_DEFAULT_TESTS`): errors 0.48%, latency
+0.16%, ... That costs each of them log(1/0.8) = 0.22 nats of evidence, a few percent more requests
+to a detection; a fifth is what the users' verdict is worth where it is collected, and the two
+share it equally because neither is a cross-check of the other or of a request test: a canary
+can fail its users or its consumers with every response a 200.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 # × r0: the smallest alternative ratio of an event test; smaller ratios take longer than a
@@ -65,6 +78,12 @@ AMOUNT_TESTS: Mapping[str, str] = MappingProxyType(
         "log_latency": "latency",
     }
 )
+FEEDBACK_TESTS: Mapping[str, str] = MappingProxyType(
+    {
+        "negative_feedback": "negative user feedback",
+        "downstream_errors": "downstream failures",
+    }
+)
 # The tests a cold start fails, which skip the requests routed during a warm-up.
 WARM_UP_TESTS = frozenset({"latency", "latency_tail", "log_latency"})
 # The event tests that wait for stable's latency quantiles (p95, p99: set_latency_thresholds).
@@ -82,15 +101,37 @@ DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
         "output_length": TestConfig(alpha=0.0001),
         "cost": TestConfig(alpha=0.00005),
         "log_latency": TestConfig(alpha=0.00005),
+        # Run only with JudgeConfig.feedback, with the others at FEEDBACK_DEFAULT_TESTS (docstring).
+        "negative_feedback": TestConfig(alpha=0.001),
+        "downstream_errors": TestConfig(alpha=0.001),
     }
 )
+FEEDBACK_SHARE_KEPT = 0.8  # of each other test's α when the feedback tests run
+FEEDBACK_DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
+    {
+        name: test if name in FEEDBACK_TESTS else TestConfig(alpha=test.alpha * FEEDBACK_SHARE_KEPT)
+        for name, test in DEFAULT_TESTS.items()
+    }
+)
+DEFAULT_FEEDBACK_SETTLE = 120.0  # seconds after a response by which its feedback has arrived
+
+
+def default_tests(feedback: bool) -> Mapping[str, TestConfig]:
+    """The default α split without or with the feedback tests (module docstring)."""
+    return FEEDBACK_DEFAULT_TESTS if feedback else DEFAULT_TESTS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JudgeConfig:
-    """Settings of the judge. Tests not named in `tests` keep their defaults (`DEFAULT_TESTS`)."""
+    """Settings of the judge. Tests not named in `tests` keep their defaults (`default_tests`).
 
-    tests: Mapping[str, TestConfig] = field(default_factory=lambda: DEFAULT_TESTS)
+    `feedback`: whether the feedback tests run (only then; without it they are disabled whatever
+    `tests` says). `feedback_settle`: seconds after a response by which its feedback is expected
+    to have arrived; until the requests at the current weight are that old, the feedback tests
+    say INCONCLUSIVE (feedback.py).
+    """
+
+    tests: Mapping[str, TestConfig] = field(default_factory=dict)  # by name; the others: defaults
     alternatives: int = 16  # J: alternative ratios in each event-test mixture
     max_ratio: float = 40.0  # the largest alternative ratio
     max_events_per_key: int = 3
@@ -100,6 +141,8 @@ class JudgeConfig:
     warmup_seconds: float = 20.0  # after each weight increase, the latency tests skip this long
     # ...and the other event tests accept a canary up to this many times worse (× r0) meanwhile.
     warmup_tolerance: float = 2.0
+    feedback: bool = False
+    feedback_settle: float = DEFAULT_FEEDBACK_SETTLE
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tests) - set(DEFAULT_TESTS))
@@ -108,7 +151,9 @@ class JudgeConfig:
                 f"judge.tests: unknown test {', '.join(map(repr, unknown))}; "
                 f"known tests: {', '.join(DEFAULT_TESTS)}"
             )
-        merged = {name: self.tests.get(name, default) for name, default in DEFAULT_TESTS.items()}
+        merged = {name: self.tests.get(name, default) for name, default in default_tests(self.feedback).items()}
+        if not self.feedback:  # the feedback tests need feedback: off, so their α is not spent
+            merged.update({name: replace(merged[name], enabled=False) for name in FEEDBACK_TESTS})
         object.__setattr__(self, "tests", MappingProxyType(merged))
         problems = self._test_problems() + self._setting_problems()
         if problems:
@@ -120,7 +165,8 @@ class JudgeConfig:
         return math.fsum(test.alpha for test in self.tests.values() if test.enabled)
 
     def enabled(self, kind: Mapping[str, str]) -> tuple[str, ...]:
-        """The enabled tests of one kind (`EVENT_TESTS` or `AMOUNT_TESTS`), in config order."""
+        """The enabled tests of one kind (`EVENT_TESTS`, `AMOUNT_TESTS` or `FEEDBACK_TESTS`), in
+        config order."""
         return tuple(name for name, test in self.tests.items() if test.enabled and name in kind)
 
     def _test_problems(self) -> list[str]:
@@ -130,7 +176,7 @@ class JudgeConfig:
                 problems.append(f"tests.{name}.alpha must be between 0 and 1, got {test.alpha!r}")
             if not 0.0 < test.r0 < math.inf:
                 problems.append(f"tests.{name}.r0 must be a positive number, got {test.r0!r}")
-            elif name in EVENT_TESTS and SMALLEST_ALTERNATIVE * test.r0 >= self.max_ratio:
+            elif (name in EVENT_TESTS or name in FEEDBACK_TESTS) and SMALLEST_ALTERNATIVE * test.r0 >= self.max_ratio:
                 problems.append(
                     f"tests.{name}.r0 must be below max_ratio / {SMALLEST_ALTERNATIVE:g} = "
                     f"{self.max_ratio / SMALLEST_ALTERNATIVE:.3g} (alternatives run from "
@@ -150,6 +196,10 @@ class JudgeConfig:
         if not 0.0 <= self.warmup_seconds < math.inf:
             problems.append(
                 f"warmup_seconds must be a finite number of seconds >= 0, got {self.warmup_seconds!r}"
+            )
+        if not 0.0 < self.feedback_settle < math.inf:
+            problems.append(
+                f"feedback_settle must be a positive number of seconds, got {self.feedback_settle!r}"
             )
         if self.burn_in < 100:
             problems.append(

@@ -98,12 +98,19 @@ class EventEvidence:
         if not (stable_events or canary_events) or not (stable_requests and canary_requests):
             return None
         share = canary_requests / (stable_requests + canary_requests)
+        return self.fold_events(share, stable_events, canary_events, block.cold)
+
+    def fold_events(self, share: float, stable_events: int, canary_events: int, cold: bool = False
+                    ) -> float | None:
+        """Take events labelled against the canary's share `share` (0 < share < 1) of the requests
+        they came from: a block's, or the share at routing of a late record (feedback.py).
+        Returns what `fold` does."""
         pair = self.counts.get(share)
         if pair is None:
             pair = self.counts[share] = [0, 0]
         pair[STABLE] += stable_events
         pair[CANARY] += canary_events
-        stable_step, canary_step = self._steps_at(share, block.cold)
+        stable_step, canary_step = self._steps_at(share, cold)
         log_l = self._log_l = [
             value + stable_events * stable + canary_events * canary
             for value, stable, canary in zip(self._log_l, stable_step, canary_step, strict=True)

@@ -72,6 +72,7 @@ from canaryproxy.core.judge.blocks import Block, EventLane, Events, EventSeen
 from canaryproxy.core.judge.config import (
     AMOUNT_TESTS, EVENT_TESTS, LATENCY_EVENT_TESTS, WARM_UP_TESTS, JudgeConfig,
 )  # fmt: skip
+from canaryproxy.core.judge.feedback import RoutedShares
 from canaryproxy.core.judge.keycap import KeyCap
 from canaryproxy.core.judge.numerics import CANARY, STABLE
 from canaryproxy.core.tally import DECLARED
@@ -108,11 +109,12 @@ class Intake:
         "_sink", "_lanes", "_warm_lanes", "_by_name", "_sampled", "_warm_sampled", "_sample_keys", "_p95",
         "_p99", "_observed", "_top_weight", "_warm_from", "_warmup_seconds", "_failed", "_latency",
         "_guardrail", "_schema_checked", "_schema_failure", "_truncated", "_prompt_tokens",
-        "_completion_tokens", "_usage_missing", "_estimated_tokens", "_output_length", "_cost_usd",
+        "_completion_tokens", "_usage_missing", "_estimated_tokens", "_output_length", "_cost_usd", "_routed",
     )  # fmt: skip
 
-    def __init__(self, config: JudgeConfig, sink: EvidenceSink) -> None:
+    def __init__(self, config: JudgeConfig, sink: EvidenceSink, routed: RoutedShares | None = None) -> None:
         self._sink = sink
+        self._routed = routed  # with the feedback tests: the requests per weight (feedback.py)
         self._lanes = tuple(EventLane(name, config, sink.fold_block) for name in config.enabled(EVENT_TESTS))
         self._by_name = {lane.name: lane for lane in self._lanes}
         # During a warm-up only these run: a cold canary is slow, which says nothing about the version.
@@ -158,6 +160,8 @@ class Intake:
             return
         self._observed[side] += 1
         routed_at = o.routed_at
+        if self._routed is not None:
+            self._routed.count(side, o.weight, routed_at)
         if w > self._top_weight:  # more canary traffic than ever: new instances may start cold
             self._top_weight = w
             self._warm_from = routed_at + self._warmup_seconds

@@ -9,15 +9,17 @@ at that moment. It answers the controller: `verdicts`, `no_worse`, `summary`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from canaryproxy.core.judge import state as saved
 from canaryproxy.core.judge.amounts import AmountEvidence, amount_verdict
-from canaryproxy.core.judge.config import AMOUNT_TESTS, EVENT_TESTS, JudgeConfig
+from canaryproxy.core.judge.config import AMOUNT_TESTS, EVENT_TESTS, FEEDBACK_TESTS, JudgeConfig
 from canaryproxy.core.judge.events import EventEvidence, event_verdict
+from canaryproxy.core.judge.feedback import TEST_OF_KIND, FeedbackLane, RoutedShares, settling_verdict
 from canaryproxy.core.judge.intake import AMOUNT_KINDS, Amounts, Block, Intake
-from canaryproxy.core.types import Observed, Status, Verdict
+from canaryproxy.core.judge.numerics import CANARY, STABLE
+from canaryproxy.core.types import Feedback, Observed, Role, Status, Verdict, live_role
 
 STATE_FORMAT = 1
 
@@ -28,8 +30,9 @@ class Judge:
     Lives on the event loop: `observe` is O(1) per request and O(J) per closed block with events,
     never raises on a well-formed request, and is not thread-safe.
 
-    Verdicts are PASS or FAIL, never INCONCLUSIVE: "too little data" belongs to the operator
-    rules. FAIL is sticky until `reset()` and reports the evidence at the moment it crossed,
+    Verdicts are PASS or FAIL, and INCONCLUSIVE only for a feedback test whose feedback has not
+    had time to arrive (feedback.py): otherwise "too little data" belongs to the operator rules.
+    FAIL is sticky until `reset()` and reports the evidence at the moment it crossed,
     including `observed`: the requests of each version the judge had taken in by then.
 
     **Saving and restoring.** `state()` is the evidence of every test (log L_j, the event counts
@@ -44,7 +47,7 @@ class Judge:
     for two generations of the caps does in one process.
     """
 
-    __slots__ = ("config", "_intake", "_events", "_amounts", "_sampled")
+    __slots__ = ("config", "_intake", "_events", "_amounts", "_sampled", "_routed", "_feedback", "_lanes")
 
     def __init__(self, config: JudgeConfig | None = None) -> None:
         self.config = config if config is not None else JudgeConfig()
@@ -58,7 +61,11 @@ class Judge:
             name: AmountEvidence(name, config.tests[name], config) for name in config.enabled(AMOUNT_TESTS)
         }
         self._sampled = tuple((AMOUNT_KINDS.index(name), evidence) for name, evidence in self._amounts.items())
-        self._intake = Intake(config, self)
+        names = config.enabled(FEEDBACK_TESTS)
+        self._feedback = {name: EventEvidence(name, config.tests[name], config) for name in names}
+        self._lanes = {name: FeedbackLane(name, config) for name in names}
+        self._routed = RoutedShares() if config.feedback else None
+        self._intake = Intake(config, self, self._routed)
 
     @classmethod
     def from_state(cls, config: JudgeConfig, state: Mapping[str, object]) -> Judge:
@@ -100,6 +107,29 @@ class Judge:
         """
         return self._intake.prime_key_caps(observations)
 
+    def observe_feedback(self, feedback: Feedback) -> None:
+        """Take one feedback record into its feedback test (feedback.py); nothing when the
+        feedback tests are off or its kind's test is disabled. O(J) for a negative record.
+
+        Labelled against the canary's share of the requests routed at the record's weight, not
+        the weight now. ValueError for a shadow record, as `observe` for a shadow request.
+        """
+        name = TEST_OF_KIND[feedback.kind]
+        lane = self._lanes.get(name)
+        if lane is None or self._routed is None:
+            return
+        side = CANARY if live_role(feedback.role) is Role.CANARY else STABLE
+        if not 0.0 < feedback.weight < 100.0:  # all traffic on one version: nothing to compare
+            return
+        if not lane.take(side, feedback.negative, feedback.key_hash):
+            return
+        evidence = self._feedback[name]
+        share = self._routed.share(feedback.weight)
+        crossed = evidence.fold_events(share, 1 - side, side)
+        if crossed is not None:
+            evidence.reject(event_verdict(evidence, FEEDBACK_TESTS[name], lane.seen(self._intake.observed()),
+                                          self._intake.observed(), crossed))
+
     # --- evidence: the intake's sink ----------------------------------------------------------
 
     def fold_block(self, block: Block) -> None:
@@ -123,17 +153,36 @@ class Judge:
 
     # --- verdicts -----------------------------------------------------------------------------
 
-    def verdicts(self) -> list[Verdict]:
-        """One verdict per enabled test: FAIL once rejected (until `reset`), else PASS.
+    def verdicts(self, now: float | None = None) -> list[Verdict]:
+        """One verdict per enabled test: FAIL once rejected (until `reset`), else PASS; a feedback
+        test is INCONCLUSIVE while its feedback is settling (feedback.py).
 
-        The event tests' open blocks are closed first, so the verdicts cover every request observed
-        (at low traffic, a block is then at most one evaluation long).
+        `now`: wall-clock seconds, the clock of `routed_at`; None: the latest routing time seen
+        (then no request has had any time for its feedback). The event tests' open blocks are
+        closed first, so the verdicts cover every request observed (at low traffic, a block is
+        then at most one evaluation long).
         """
         self._intake.close_blocks()
         verdicts = [evidence.rejection or self._event_verdict(name) for name, evidence in self._events.items()]
         for evidence in self._amounts.values():
             verdicts.append(evidence.rejection or amount_verdict(evidence, self._intake.observed(), evidence.log_e()))
+        verdicts += [self._feedback_verdict(name, now) for name in self._feedback]
         return verdicts
+
+    def _feedback_verdict(self, name: str, now: float | None) -> Verdict:
+        evidence = self._feedback[name]
+        if evidence.rejection is not None:
+            return evidence.rejection  # evidence of harm needs no waiting
+        routed = self._routed
+        assert routed is not None  # feedback tests run only with the routed shares
+        settle = self.config.feedback_settle
+        left = routed.settle_left(routed.latest if now is None else now, settle)
+        if left > 0.0:
+            assert routed.weight is not None  # settle_left is 0 without a current weight
+            return settling_verdict(name, FEEDBACK_TESTS[name], left, routed.weight, settle)
+        observed = self._intake.observed()
+        return event_verdict(evidence, FEEDBACK_TESTS[name], self._lanes[name].seen(observed), observed,
+                             evidence.log_e())
 
     def _event_verdict(self, name: str) -> Verdict:
         """An event test's verdict now (its FAIL, once rejected, is `rejection`)."""
@@ -154,17 +203,18 @@ class Judge:
         if not 0.0 < tolerance < math.inf:
             raise ValueError(f"no_worse tolerance must be a positive ratio, got {tolerance!r}")
         self._intake.close_blocks()
-        evidences: list[EventEvidence | AmountEvidence] = [*self._events.values(), *self._amounts.values()]
+        events = [*self._events.values(), *self._feedback.values()]
+        evidences: list[EventEvidence | AmountEvidence] = [*events, *self._amounts.values()]
         if any(evidence.rejection is not None for evidence in evidences):
             return False
-        for name, evidence in self._events.items():
-            bound = evidence.ratio_upper_bound() if self._intake.active(name) else None
+        for evidence in events:
+            bound = evidence.ratio_upper_bound() if self._intake.active(evidence.name) else None
             if bound is None or bound > tolerance:
                 return False
         return True
 
-    def summary(self) -> dict[str, Any]:
-        """Everything the judge knows, JSON-safe, for the admin API.
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        """Everything the judge knows, JSON-safe, for the admin API (`now` as in `verdicts`).
 
         Per test: the verdict (the evidence at the crossing once FAIL), the numbers now, and for
         event tests the confidence bound on the rate ratio.
@@ -181,6 +231,13 @@ class Judge:
         for name, amount in self._amounts.items():
             current = amount_verdict(amount, self._intake.observed(), amount.log_e())
             tests[name] = _test_summary(amount.rejection, current)
+        for name, evidence in self._feedback.items():
+            lane = self._lanes[name]
+            tests[name] = {
+                **_test_summary(evidence.rejection, self._feedback_verdict(name, now)),
+                "received": {"canary": lane.received[CANARY], "stable": lane.received[STABLE]},
+                "ratio_upper_bound": evidence.ratio_upper_bound(),
+            }
         config = self.config
         thresholds = self._intake.latency_thresholds
         return {
@@ -191,7 +248,10 @@ class Judge:
             "burn_in": config.burn_in,
             "warmup_seconds": config.warmup_seconds,
             "warmup_tolerance": config.warmup_tolerance,
-            "disabled": [name for name, test in config.tests.items() if not test.enabled],
+            **({"feedback_settle": config.feedback_settle} if config.feedback else {}),
+            # Without feedback the feedback tests are not "disabled": there is nothing for them.
+            "disabled": [name for name, test in config.tests.items()
+                         if not test.enabled and (config.feedback or name not in FEEDBACK_TESTS)],
             "tests": tests,
         }
 
@@ -202,13 +262,20 @@ class Judge:
 
         Reading it changes nothing: open blocks are saved open.
         """
-        return {
+        state: dict[str, object] = {
             "format": STATE_FORMAT,
             "config": _config_state(self.config),
             "intake": self._intake.state(),
             "events": {name: evidence.state() for name, evidence in self._events.items()},
             "amounts": {name: evidence.state() for name, evidence in self._amounts.items()},
         }
+        if self._routed is not None:  # only with feedback: a state without it reads as before
+            state["feedback"] = {
+                "routed": self._routed.state(),
+                "lanes": {name: lane.state() for name, lane in self._lanes.items()},
+                "evidence": {name: evidence.state() for name, evidence in self._feedback.items()},
+            }
+        return state
 
     def restore(self, state: Mapping[str, object]) -> None:
         """Continue from `state` (what `state()` wrote, through JSON or not): the evidence and the
@@ -217,7 +284,8 @@ class Judge:
         ValueError, naming the field, when the state was saved under another config (tests,
         α, r₀, alternatives, ...) or is not a judge state; the judge is then unchanged.
         """
-        fields = saved.mapping(state, "state", ("format", "config", "intake", "events", "amounts"))
+        keys = ("format", "config", "intake", "events", "amounts") + (("feedback",) if self._routed else ())
+        fields = saved.mapping(state, "state", keys)
         if fields["format"] != STATE_FORMAT:
             raise saved.fail("format", f"expected {STATE_FORMAT}, got {fields['format']!r}")
         _check_config(fields["config"], _config_state(self.config))
@@ -226,8 +294,22 @@ class Judge:
         commits = [self._intake.restoring(fields["intake"], "intake")]
         commits += [evidence.restoring(events[name], f"events.{name}") for name, evidence in self._events.items()]
         commits += [evidence.restoring(amounts[name], f"amounts.{name}") for name, evidence in self._amounts.items()]
+        if self._routed is not None:
+            commits += self._feedback_restoring(fields["feedback"])
         for commit in commits:
             commit()
+
+
+    def _feedback_restoring(self, state: object) -> list[Callable[[], None]]:
+        assert self._routed is not None
+        fields = saved.mapping(state, "feedback", ("routed", "lanes", "evidence"))
+        lanes = saved.mapping(fields["lanes"], "feedback.lanes", tuple(self._lanes))
+        evidence = saved.mapping(fields["evidence"], "feedback.evidence", tuple(self._feedback))
+        commits = [self._routed.restoring(fields["routed"], "feedback.routed")]
+        commits += [lane.restoring(lanes[name], f"feedback.lanes.{name}") for name, lane in self._lanes.items()]
+        commits += [test.restoring(evidence[name], f"feedback.evidence.{name}")
+                    for name, test in self._feedback.items()]
+        return commits
 
 
 def _test_summary(rejection: Verdict | None, current: Verdict) -> dict[str, Any]:
