@@ -37,7 +37,7 @@ from canaryproxy.control.controller import Controller
 from canaryproxy.control.decisions import DecisionRecord
 from canaryproxy.control.evidence import Evidence
 from canaryproxy.control.follower import Follower
-from canaryproxy.core.judge import Judge
+from canaryproxy.core.judge import DEFAULT_FEEDBACK_SETTLE, Judge
 from canaryproxy.core.rules import RuleEngine
 from canaryproxy.core.splitter import Splitter
 from canaryproxy.core.types import FanOutSink, Feedback, FeedbackSink, OutcomeSink
@@ -135,7 +135,8 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
     fed from the shared log instead, and the store and lease are the shared ones."""
     rollout = settings.rollout_settings(config)
     judge = Judge(rollout.judge) if rollout is not None and rollout.judge is not None else None
-    evidence = Evidence(Windows(settings.window_config(config)), judge)
+    evidence = Evidence(Windows(settings.window_config(config)), judge,
+                        feedback_settle=config.rollout.feedback_settle if config.rollout else DEFAULT_FEEDBACK_SETTLE)
     if feed is not None:
         feed.subscribe(evidence)
     if data.feedback is not None:

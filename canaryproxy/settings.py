@@ -62,9 +62,11 @@ def rollout_settings(config: Config) -> RolloutSettings | None:
     if rollout is None:
         return None
     return RolloutSettings(
-        plan=rollout.to_plan(),
+        plan=rollout.to_plan(feedback=config.feedback.enabled),
         rules=tuple(r.to_rule() for r in rollout.rules),
-        judge=rollout.judge.to_judge_config() if rollout.judge.enabled else None,
+        # The feedback tests run when the proxy takes feedback; without it nothing of them shows.
+        judge=rollout.judge.to_judge_config(config.feedback.enabled, rollout.feedback_settle)
+        if rollout.judge.enabled else None,
         evaluate_every=rollout.evaluate_every,
         autostart=rollout.start == "auto",
     )

@@ -145,7 +145,8 @@ async def test_series_has_a_point_per_step_and_null_where_a_version_had_no_sampl
     assert 0.25 - 0.002 <= series["t"][-1] - series["t"][-2] <= 1.75 + 0.002
     for role in ("stable", "canary"):
         assert sorted(series[role]) == sorted(
-            ["request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request", "guardrail_rate"])
+            ["request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request", "guardrail_rate",
+             "negative_feedback_share"])
         assert all(len(values) == 171 for values in series[role].values())
     assert all(v is None for values in series["canary"].values() for v in values)
     stable = series["stable"]
@@ -286,7 +287,7 @@ class Page:
         return self.wait.until(lambda _: self.js(script, *args), message=script)
 
     def chart_points(self) -> dict[str, int]:
-        return self.js("return Object.fromEntries([...document.querySelectorAll('[data-chart]')]"
+        return self.js("return Object.fromEntries([...document.querySelectorAll('[data-chart]:not([hidden])')]"
                        ".map((e) => [e.dataset.chart, Number(e.dataset.points)]))")
 
     def command(self, action: str, token: str, reason: str) -> str:
@@ -319,7 +320,7 @@ async def test_the_page_draws_the_rollout_and_a_line_in_every_chart(rollout, bro
     def look() -> dict[str, Any]:
         page.open()
         page.until("return document.body.dataset.phase === 'progressing'")
-        page.until("return [...document.querySelectorAll('[data-chart]')]"
+        page.until("return [...document.querySelectorAll('[data-chart]:not([hidden])')]"
                    ".every((e) => Number(e.dataset.points) > 0)")
         page.until("return document.querySelector('#rules tr[data-source=errors]')")
         return {
@@ -330,11 +331,13 @@ async def test_the_page_draws_the_rollout_and_a_line_in_every_chart(rollout, bro
             "decisions": page.js("return document.getElementById('decisions').textContent"),
             "legend": page.js("return document.querySelector('[data-chart=latency_p95] .legend')"
                               ".textContent"),
+            "feedback_hidden": page.js("return document.querySelector('[data-chart=negative_feedback_share]').hidden"),
             "errors": page.console_errors(),
         }
 
     seen = await asyncio.to_thread(look)
-    assert set(seen["points"]) == set(CHARTS)
+    assert set(seen["points"]) == set(CHARTS)  # and not the feedback chart: this proxy takes none
+    assert seen["feedback_hidden"] is True
     assert seen["points"]["weight"] >= 2  # 0% before the start, 50% since
     assert "50%" in seen["current_stage"] and "stage 1" in seen["current_stage"]
     assert seen["weight"] == "50%"

@@ -31,6 +31,7 @@ EXPECTED = {
                           "judge:cost"}),
     "guardrail": ("rolled_back", {"guardrails", "judge:guardrail"}),
     "schema": ("rolled_back", {"schema", "judge:schema"}),
+    "feedback": ("rolled_back", {"judge:negative_feedback"}),
 }
 ALSO_ALLOWED = {"guardrail": {"schema", "judge:schema"}}
 
@@ -39,7 +40,7 @@ def test_every_scenario_has_an_expectation():
     assert set(EXPECTED) == set(SCENARIOS)
 
 
-@pytest.mark.parametrize("scenario", ["errors", "latency", "tokens", "guardrail", "schema"])
+@pytest.mark.parametrize("scenario", ["errors", "latency", "tokens", "guardrail", "schema", "feedback"])
 async def test_a_regression_is_rolled_back_by_the_check_on_its_metric(scenario):
     out = io.StringIO()
     result = await asyncio.wait_for(run_demo(scenario, rate=RATE, hold=HOLD, out=out, seed=1), DEADLINE)
@@ -86,7 +87,7 @@ async def test_the_live_view_redraws_in_place_and_shows_the_outcome():
     assert "\x1b[36mprogressing\x1b[0m" in last and "\x1b[1;33mSTOPPED\x1b[0m after" in last
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
     assert "stages  5% [" in text and "error rate" in text and "ttft p95" in text
-    assert "\n  errors " in text and "judge: 11 of 11 tests pass" in text
+    assert "\n  errors " in text and "judge: 13 of 13 tests pass" in text
     assert result.reason.startswith("stopped at stage 1 of 3 at 5%") and result.reason in text.replace("\n       ", " ")
     await _assert_closed(result.admin_url)
 

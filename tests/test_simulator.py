@@ -205,6 +205,20 @@ async def test_errors_are_openai_shaped_500s_at_about_the_configured_rate(simula
 
 
 @pytest.mark.parametrize("stream", [False, True])
+async def test_answers_say_what_a_rating_user_would_think_at_the_dislike_rate(simulator, stream):
+    sim = await simulator(Behaviour(latency=0.001, ttft=0.001, tokens_mean=5, error_rate=0.0, dislike_rate=0.3),
+                          seed=2)
+    verdicts = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            async with http.post(sim.url + "/v1/chat/completions", json={"messages": PROMPT, "stream": stream}) as r:
+                await r.read()
+                verdicts.append(r.headers["X-Sim-Verdict"])
+    assert set(verdicts) == {"liked", "disliked"}
+    assert 65 <= verdicts.count("disliked") <= 115  # 90 expected; the binomial sd is 8
+
+
+@pytest.mark.parametrize("stream", [False, True])
 async def test_truncation_aborts_the_connection_mid_body(simulator, stream):
     sim = await simulator(Behaviour(latency=0.05, ttft=0.005, tokens_mean=100, error_rate=0.0, truncate_rate=1.0))
     async with aiohttp.ClientSession() as http:

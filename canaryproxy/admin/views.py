@@ -14,7 +14,7 @@ from canaryproxy.core.types import LIVE_ROLES
 
 # What the dashboard charts, per version: GET /admin/series.
 SERIES_METRICS = ("request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request",
-                  "guardrail_rate")
+                  "guardrail_rate", "negative_feedback_share")
 SERIES_SPAN = 900.0  # the dashboard's 15 minutes, unless the windows keep less
 SERIES_POINTS = 180  # the default step gives at most this many points
 

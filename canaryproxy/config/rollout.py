@@ -152,9 +152,12 @@ class RolloutConfig(Strict):
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
-    def to_plan(self) -> Plan:
+    def to_plan(self, feedback: bool = False) -> Plan:
+        """With `feedback` on, each stage lasts `feedback_settle` beyond its hold, so the feedback on
+        the requests of its hold has had time to arrive before it is judged healthy."""
+        extra = self.feedback_settle if feedback else 0.0
         return Plan(
-            tuple(Stage(s.weight, s.hold) for s in self.stages),
+            tuple(Stage(s.weight, s.hold + extra) for s in self.stages),
             min_requests=self.min_requests,
             max_hold=self.max_hold,
             on_stable_breach=self.on_stable_breach,

@@ -15,6 +15,7 @@ from canaryproxy.config.fields import Listen, Strict, is_loopback
 from canaryproxy.config.inspection import InspectionConfig, PricingConfig, build_inspection_settings
 from canaryproxy.config.operations import AlertsConfig, StateConfig, WindowsConfig
 from canaryproxy.config.rollout import RolloutConfig
+from canaryproxy.core.units import format_duration
 from canaryproxy.config.serving import AdminConfig, LimitsConfig, RoutingConfig, TimeoutsConfig, UpstreamsConfig
 from canaryproxy.inspection.settings import InspectionSettings
 
@@ -69,6 +70,18 @@ class Config(Strict):
             raise ValueError(
                 f"state.backend is {self.state.backend} but coordination.backend is redis, which keeps "
                 "the rollout state in Redis: remove state.backend (state.path still names the audit log's folder)")
+        return self
+
+    @model_validator(mode="after")
+    def _stages_fit_feedback_settle(self) -> Config:
+        if self.rollout is None or not self.feedback.enabled:
+            return self
+        longest = max(s.hold for s in self.rollout.stages) + self.rollout.feedback_settle
+        if longest > self.rollout.max_hold:
+            raise ValueError(
+                f"rollout.max_hold ({format_duration(self.rollout.max_hold)}) is shorter than the longest "
+                f"stage hold plus rollout.feedback_settle ({format_duration(longest)}): with feedback on, "
+                "a stage lasts its hold plus the settle time; raise max_hold")
         return self
 
     @model_validator(mode="after")

@@ -28,6 +28,8 @@ from canaryproxy.config import parse
 from canaryproxy.errors import ConfigError
 from canaryproxy.sim.scenarios import (
     CANARY,
+    FEEDBACK_DELAY,
+    FEEDBACK_SHARE,
     SCENARIOS,
     STABLE,
     Scenario,
@@ -35,7 +37,7 @@ from canaryproxy.sim.scenarios import (
 )
 from canaryproxy.sim.screen import Frame, Screen
 from canaryproxy.sim.simulator import ModelSimulator
-from canaryproxy.sim.traffic import Traffic
+from canaryproxy.sim.traffic import FeedbackPlan, Traffic
 
 if TYPE_CHECKING:
     from canaryproxy.server import CanaryProxy
@@ -101,7 +103,10 @@ async def run_demo(
         config = parse(demo_config_yaml(stable.url, canary.url, rate, hold), {}, "<demo config>")
         proxy = CanaryProxy(config)
         await proxy.start()
-        traffic = Traffic(f"http://127.0.0.1:{proxy.data_port}", rate, seed=rng.randrange(2**32))
+        proxy_url = f"http://127.0.0.1:{proxy.data_port}"
+        ratings = FeedbackPlan(proxy_url + config.feedback.path, config.feedback.header, FEEDBACK_SHARE,
+                               FEEDBACK_DELAY * hold)
+        traffic = Traffic(proxy_url, rate, seed=rng.randrange(2**32), feedback=ratings)
         run = DemoRun(SCENARIOS[scenario], proxy, canary, traffic, screen, keep_running)
         traffic.start()
         result = await run.until_outcome(stop)

@@ -45,6 +45,7 @@ class Behaviour:
     guardrail_rate: float = 0.0
     schema_break_rate: float = 0.0
     truncate_rate: float = 0.0
+    dislike_rate: float = 0.0  # share of the answers a user who rates them would dislike
     model: str = "sim-1"
 
     def __post_init__(self) -> None:
@@ -97,6 +98,7 @@ _PARSERS = {
     "guardrail_rate": _number,
     "schema_break_rate": _number,
     "truncate_rate": _number,
+    "dislike_rate": _number,
     "model": _name,
 }
 
@@ -112,7 +114,7 @@ def _problems(values: Mapping[str, Any]) -> list[str]:
     tokens_mean = values.get("tokens_mean")
     if tokens_mean is not None and not (math.isfinite(tokens_mean) and 1 <= tokens_mean <= 100_000):
         problems.append(f"tokens_mean: must be a number from 1 to 100000, got {tokens_mean!r}")
-    for name in ("error_rate", "guardrail_rate", "schema_break_rate", "truncate_rate"):
+    for name in ("error_rate", "guardrail_rate", "schema_break_rate", "truncate_rate", "dislike_rate"):
         value = values.get(name)
         if value is not None and not 0.0 <= value <= 1.0:  # False for NaN too
             problems.append(f"{name}: must be a probability from 0 to 1, got {value!r}")
@@ -217,6 +219,7 @@ class Reply:
     prompt_tokens: int
     tool: str | None = None  # the function called; `pieces` are then its arguments
     truncate: bool = False  # abort the connection halfway through the body
+    disliked: bool = False  # what a user who rates this answer thinks of it (DISLIKED_HEADER)
 
 
 def plan_reply(request: ChatRequest, behaviour: Behaviour, rng: random.Random) -> Reply:
@@ -245,7 +248,8 @@ def plan_reply(request: ChatRequest, behaviour: Behaviour, rng: random.Random) -
         pieces = pieces[: request.max_tokens]
         finish_reason = "length"
     truncate = rng.random() < behaviour.truncate_rate
-    return Reply(False, latency, ttft, pieces, finish_reason, prompt_tokens, tool, truncate)
+    disliked = behaviour.dislike_rate > 0 and rng.random() < behaviour.dislike_rate
+    return Reply(False, latency, ttft, pieces, finish_reason, prompt_tokens, tool, truncate, disliked)
 
 
 def _lognormal_with_mean(rng: random.Random, mean: float, sigma: float) -> float:

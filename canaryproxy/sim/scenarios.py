@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 
 # --- what the demo rolls out ------------------------------------------------------------------------
 
-STABLE = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, model="demo-model-v1")
-CANARY = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, model="demo-model-v2")
+STABLE = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, dislike_rate=0.2,
+                   model="demo-model-v1")
+CANARY = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, dislike_rate=0.2,
+                   model="demo-model-v2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,18 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              {"guardrail_rate": 0.10}),
     Scenario("schema", "at stage 2 20% of the canary's structured outputs break",
              {"schema_break_rate": 0.20}),
+    Scenario("feedback", "at stage 2 users start to dislike the canary's answers twice as often",
+             {"dislike_rate": CANARY.dislike_rate * 2}),
 )}
+
+# The demo's users rate this share of the answers (thumbs up or down) after a lognormal delay of
+# median hold * FEEDBACK_DELAY; a stage waits FEEDBACK_SETTLE * hold for the ratings to arrive.
+FEEDBACK_SHARE = 0.5
+FEEDBACK_DELAY = 0.1
+FEEDBACK_SETTLE = 0.3
+# The demo signs its feedback tokens with this fixed key; a real deployment reads its keys from
+# the environment (`keys: ["${CANARYPROXY_FEEDBACK_KEY}"]`).
+DEMO_FEEDBACK_KEY = "canaryproxy-demo-feedback-key-not-a-secret"
 
 # The rollout the demo runs: the section to copy into a config. $-names are sized by `rollout_yaml`.
 ROLLOUT_YAML = string.Template("""\
@@ -54,6 +67,9 @@ rollout:
   # A stage still without enough data after this long pauses the rollout.
   max_hold: $max_hold
   evaluate_every: $evaluate_every
+  # How long after an answer its rating is expected to have arrived: a stage is not judged
+  # healthy on ratings its users have not had time to give.
+  feedback_settle: $settle
   rules:
     # More than 5% of canary requests fail.
     - name: errors
@@ -128,6 +144,7 @@ def rollout_yaml(rate: float, hold: float) -> str:
         min_samples=min_samples,
         schema_min_samples=schema_min_samples,
         warmup=format_duration(min(20.0, hold / 5)),
+        settle=format_duration(FEEDBACK_SETTLE * hold),
     )
 
 
@@ -149,6 +166,12 @@ access_log: false
 log_level: warning
 windows:
   bucket: {format_duration(bucket)}      # fine enough for windows of a few seconds
+# Users rate answers through the proxy's feedback endpoint, quoting the token of the answer.
+feedback:
+  enabled: true
+  keys: ["{DEMO_FEEDBACK_KEY}"]
+  # Every demo user posts from 127.0.0.1: one address, so the per-client limit is raised.
+  rate_limit: {{rate: 5000, burst: 10000}}
 # USD per million tokens, so that cost per request shows (and the judge tests it).
 pricing:
   versions:

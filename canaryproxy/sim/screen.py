@@ -114,6 +114,7 @@ _LINE_METRICS = (
     ("tok", "tokens_per_request", _count),
     ("guard", "guardrail_rate", _ratio),
     ("schema", "schema_failure_rate", _ratio),
+    ("thumbs-down", "negative_feedback_share", _ratio),
 )
 
 

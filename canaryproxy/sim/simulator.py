@@ -22,7 +22,9 @@ OpenAI-compatible server:
 Misbehaviour, each with its own probability per chat request: a 500 in OpenAI's error shape after
 about `ttft` (`error_rate`), a guardrail intervention (`guardrail_rate`), a broken structured output
 (`schema_break_rate`: invalid JSON, or a required property missing), a connection aborted halfway
-through the body (`truncate_rate`).
+through the body (`truncate_rate`). And what users think of the answers: with `dislike_rate`, a
+share of the answers carry `X-Sim-Verdict: disliked` (others `liked`) — what a user who rates the
+answer would say, which the demo's users read to post their feedback.
 
 Random variation (one seeded `random.Random` per simulator):
 * latency and ttft are lognormal with σ = 0.25 in log space, scaled so their means are `latency`
@@ -63,6 +65,8 @@ from canaryproxy.sim.replies import (
     parse_chat_request,
     plan_reply,
 )
+
+VERDICT_HEADER = "X-Sim-Verdict"  # what a user who rates this answer would think of it
 
 
 class ModelSimulator:
@@ -157,23 +161,26 @@ class ModelSimulator:
         if reply.error:
             await asyncio.sleep(reply.ttft)
             return web.Response(status=500, body=SERVER_ERROR, content_type="application/json")
+        verdict = {VERDICT_HEADER: "disliked" if reply.disliked else "liked"}
         if chat.stream:
             encoder = StreamEncoder(reply, completion_id, behaviour.model, created, chat.include_usage)
-            return await self._stream(request, reply, encoder)
+            return await self._stream(request, reply, encoder, verdict)
         body = completion_body(reply, completion_id, behaviour.model, created)
         await asyncio.sleep(reply.latency)
         if not reply.truncate:
-            return web.Response(body=body, content_type="application/json")
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            return web.Response(body=body, content_type="application/json", headers=verdict)
+        response = web.StreamResponse(headers={"Content-Type": "application/json", **verdict})
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body[: len(body) // 2])
         return _abort(request, response)
 
-    async def _stream(self, request: web.Request, reply: Reply, encoder: StreamEncoder) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, reply: Reply, encoder: StreamEncoder,
+                      verdict: Mapping[str, str]) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               **verdict})
         await response.prepare(request)
         batches = _batches(reply)
         abort_after = len(batches) // 2 if reply.truncate else None

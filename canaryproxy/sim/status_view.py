@@ -29,6 +29,10 @@ def _metric(summary: dict[str, Any], name: str) -> float | None:
     return (summary.get("metrics") or {}).get(name, {}).get("value")
 
 
+def _samples(summary: dict[str, Any], name: str) -> int:
+    return int((summary.get("metrics") or {}).get(name, {}).get("samples") or 0)
+
+
 def _usd(value: float | None) -> str:
     return "-" if value is None else f"${value:.5f}"
 
@@ -44,6 +48,9 @@ VERSION_ROWS = (
     ("guardrail rate", lambda s: _pct(_metric(s, "guardrail_rate"))),
     ("schema failures", lambda s: _pct(_metric(s, "schema_failure_rate"))),
     ("cost/request", lambda s: _usd(_metric(s, "cost_per_request"))),
+    ("rated answers", lambda s: str(_samples(s, "negative_feedback_share"))),
+    ("negative feedback", lambda s: _pct(_metric(s, "negative_feedback_share"))),
+    ("downstream errors", lambda s: _pct(_metric(s, "downstream_error_rate"))),
 )
 
 

@@ -1,17 +1,21 @@
 """The demo's users: sticky traffic at a steady rate, half streaming, some asking for structured
-outputs, through the proxy like any client."""
+outputs, through the proxy like any client — and, with a `FeedbackPlan`, rating a share of the
+answers a while later, quoting the proxy's feedback token as an application would."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import math
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
 
 from canaryproxy.sim.scenarios import STREAMING_SHARE, STRUCTURED_SHARE, USERS
+from canaryproxy.sim.simulator import VERDICT_HEADER
 
 if TYPE_CHECKING:
     pass
@@ -55,6 +59,17 @@ def _request_bodies() -> list[tuple[float, bytes]]:
     return bodies
 
 
+@dataclass(frozen=True, slots=True)
+class FeedbackPlan:
+    """Which answers users rate and when: `share` of the answers, after a lognormal delay of
+    median `median_delay` seconds (σ = 1 in log space: most within minutes, a few much later)."""
+
+    url: str  # the proxy's feedback endpoint
+    header: str  # the response header carrying the feedback token
+    share: float
+    median_delay: float
+
+
 class Traffic:
     """Users sending chat requests through the proxy at a steady rate, until stopped.
 
@@ -65,8 +80,12 @@ class Traffic:
     MAX_IN_FLIGHT = 2000
     TICK = 0.01
 
-    def __init__(self, url: str, rate: float, seed: int | None = None) -> None:
+    def __init__(self, url: str, rate: float, seed: int | None = None,
+                 feedback: FeedbackPlan | None = None) -> None:
         self.url = url + "/v1/chat/completions"
+        self.feedback = feedback
+        self.rated = 0  # feedback posts the proxy accepted
+        self.rating_failed = 0  # feedback posts refused or unanswered
         self.rate = rate
         self._rng = random.Random(seed)
         shares, self._bodies = zip(*_request_bodies())
@@ -74,7 +93,7 @@ class Traffic:
         self.sent = 0
         self.failed = 0  # no complete answer: an error status, a reset or a truncated body
         self.skipped = 0  # not sent: MAX_IN_FLIGHT reached (the machine cannot keep up)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()  # requests, and ratings waiting to be sent
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -119,8 +138,36 @@ class Traffic:
                 await response.read()
                 if response.status != 200:
                     self.failed += 1
+                elif self.feedback is not None and rng.random() < self.feedback.share:
+                    self._rate_later(response.headers.get(self.feedback.header),
+                                     response.headers.get(VERDICT_HEADER) == "disliked")
         except (aiohttp.ClientError, asyncio.TimeoutError):
             self.failed += 1
+
+    def _rate_later(self, token: str | None, disliked: bool) -> None:
+        """A thumbs up or down on one answer, after the user took their time."""
+        assert self.feedback is not None
+        if token is None:
+            self.rating_failed += 1
+            return
+        delay = self._rng.lognormvariate(math.log(self.feedback.median_delay), 1.0)
+        task = asyncio.get_running_loop().create_task(self._rate(token, not disliked, delay))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _rate(self, token: str, thumbs_up: bool, delay: float) -> None:
+        assert self._session is not None and self.feedback is not None
+        await asyncio.sleep(delay)
+        try:
+            async with self._session.post(self.feedback.url, json={
+                    "token": token, "name": "thumbs", "value": thumbs_up}) as response:
+                await response.read()
+                if response.status == 202:
+                    self.rated += 1
+                else:
+                    self.rating_failed += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            self.rating_failed += 1
 
 
 # --- running it ---------------------------------------------------------------------------------------
