@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from canaryproxy.core.judge import DEFAULT_TESTS, FEEDBACK_TESTS, Judge, JudgeConfig, TestConfig
-from canaryproxy.core.judge.feedback import COUNTED_FROM, MAX_WEIGHTS, RoutedShares, rounded_up
+from canaryproxy.core.judge.feedback import COUNTED_FROM, MAX_WEIGHTS, FeedbackLane, RoutedShares, rounded_up
+from canaryproxy.core.judge.numerics import CANARY, STABLE
 from canaryproxy.core.types import Feedback, FeedbackKind, Outcome, Role, Status, Verdict
 from tests.core.judge_support import only, request
 
@@ -210,6 +211,22 @@ def test_one_user_adds_at_most_max_events_per_key() -> None:
     assert verdict.status is Status.PASS
     assert verdict.details["canary"]["events"] == 3 and verdict.details["dropped_by_key_cap"] == 9
     assert feedback_verdict(separate, T0 + SETTLE).status is Status.FAIL
+
+
+def test_a_capped_users_later_requests_leave_its_versions_share() -> None:
+    """A busy stable user reaches the cap: its negative records stop counting, and so must its
+    later requests, or stable's events would look thin against its share and a healthy canary
+    worse (without this, 1.1% of the bench's A/A canaries with Zipf users were rolled back)."""
+    lane = FeedbackLane("negative_feedback", feedback_config())
+    for side in [CANARY] * 50 + [STABLE] * 950:
+        lane.count_request(side, 5.0, T0, None)
+    busy = 7
+    lane.count_request(STABLE, 5.0, T0, busy)
+    assert [lane.take(STABLE, True, busy) for _ in range(4)] == [True, True, True, False]  # the cap: 3
+    for _ in range(9_000):  # ... and it keeps sending requests to stable
+        lane.count_request(STABLE, 5.0, T0 + 1, busy)
+    assert lane.shares.counts[5.0] == [951, 50]
+    assert lane.shares.share(5.0) == pytest.approx(0.05)  # 50 / 1,001 rounded up
 
 
 # --- saving ---------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ record; its label is the role that served the response.
   a canary 5× worse; the other way round, roll a healthy one back). `RoutedShares` counts the
   requests each version served per weight (the same requests the request tests take in); a
   weight with fewer than `COUNTED_FROM` of them, or none on one side, falls back to weight/100.
+  Each test counts only the requests of keys below its cap when they are taken in, as the request
+  tests' blocks do: a busy user whose negative records are capped must not keep adding requests
+  to its version's share (with Zipf users, the busiest on stable would otherwise thin stable's
+  events against its share, and 1% of healthy canaries were rolled back at an α of 0.1%).
   The share is rounded *up* to three significant digits: a higher θ₀ only makes the test more
   cautious, and the evidence then keeps a bounded number of shares.
 * **Which responses.** Every response that counts for the version, failed or not: the rate the
@@ -139,14 +143,20 @@ class FeedbackLane:
     """One feedback test's intake: records received and negative ones counted per role, and the
     per-key cap on the negative ones."""
 
-    __slots__ = ("name", "received", "events", "dropped_by_key_cap", "_keys")
+    __slots__ = ("name", "received", "events", "dropped_by_key_cap", "_keys", "shares")
 
     def __init__(self, name: str, config: JudgeConfig) -> None:
         self.name = name
+        self.shares = RoutedShares()  # the requests of keys under this test's cap, per weight
         self.received = [0, 0]  # records of this test's kind, [stable, canary]
         self.events = [0, 0]  # negative ones counted (under the key cap)
         self.dropped_by_key_cap = 0
         self._keys = KeyCap(config.max_events_per_key, config.key_memory)
+
+    def count_request(self, side: int, weight: float, routed_at: float, key: int | None) -> None:
+        """Count a request toward the share at its weight, unless its key is at the cap."""
+        if key is None or not self._keys.full(key):
+            self.shares.count(side, weight, routed_at)
 
     def take(self, side: int, negative: bool, key: int | None) -> bool:
         """Count one record; True when it is an event for the test (negative, key under its cap)."""
@@ -166,16 +176,18 @@ class FeedbackLane:
 
     def state(self) -> dict[str, object]:
         return {"received": list(self.received), "events": list(self.events),
-                "dropped_by_key_cap": self.dropped_by_key_cap}
+                "dropped_by_key_cap": self.dropped_by_key_cap, "shares": self.shares.state()}
 
     def restoring(self, state: object, where: str) -> Callable[[], None]:
-        fields = saved.mapping(state, where, ("received", "events", "dropped_by_key_cap"))
+        fields = saved.mapping(state, where, ("received", "events", "dropped_by_key_cap", "shares"))
         received = saved.counts(fields["received"], f"{where}.received", 2)
         events = saved.counts(fields["events"], f"{where}.events", 2)
         dropped = saved.count(fields["dropped_by_key_cap"], f"{where}.dropped_by_key_cap")
+        shares = self.shares.restoring(fields["shares"], f"{where}.shares")
 
         def commit() -> None:
             self.received, self.events, self.dropped_by_key_cap = received, events, dropped
+            shares()
 
         return commit
 

@@ -72,7 +72,6 @@ from canaryproxy.core.judge.blocks import Block, EventLane, Events, EventSeen
 from canaryproxy.core.judge.config import (
     AMOUNT_TESTS, EVENT_TESTS, LATENCY_EVENT_TESTS, WARM_UP_TESTS, JudgeConfig,
 )  # fmt: skip
-from canaryproxy.core.judge.feedback import RoutedShares
 from canaryproxy.core.judge.keycap import KeyCap
 from canaryproxy.core.judge.numerics import CANARY, STABLE
 from canaryproxy.core.tally import DECLARED
@@ -84,6 +83,8 @@ __all__ = ["AMOUNT_KINDS", "Amounts", "Block", "EventSeen", "EvidenceSink", "Int
 AMOUNT_KINDS = tuple(AMOUNT_TESTS)
 Amounts = tuple[float | None, float | None, float | None, float | None, float | None]  # None: no sample
 _CANARY_ROLE, _STABLE_ROLE = Role.CANARY, Role.STABLE
+# (side, weight in percent, routed_at, key hash): a request taken in, for the feedback tests.
+RoutedCounter = Callable[[int, float, float, "int | None"], None]
 
 
 class EvidenceSink(Protocol):
@@ -112,9 +113,10 @@ class Intake:
         "_completion_tokens", "_usage_missing", "_estimated_tokens", "_output_length", "_cost_usd", "_routed",
     )  # fmt: skip
 
-    def __init__(self, config: JudgeConfig, sink: EvidenceSink, routed: RoutedShares | None = None) -> None:
+    def __init__(self, config: JudgeConfig, sink: EvidenceSink, routed: RoutedCounter | None = None) -> None:
         self._sink = sink
-        self._routed = routed  # with the feedback tests: the requests per weight (feedback.py)
+        # With the feedback tests: counts each request per weight for them (feedback.py).
+        self._routed = routed
         self._lanes = tuple(EventLane(name, config, sink.fold_block) for name in config.enabled(EVENT_TESTS))
         self._by_name = {lane.name: lane for lane in self._lanes}
         # During a warm-up only these run: a cold canary is slow, which says nothing about the version.
@@ -161,7 +163,7 @@ class Intake:
         self._observed[side] += 1
         routed_at = o.routed_at
         if self._routed is not None:
-            self._routed.count(side, o.weight, routed_at)
+            self._routed(side, o.weight, routed_at, o.key_hash)
         if w > self._top_weight:  # more canary traffic than ever: new instances may start cold
             self._top_weight = w
             self._warm_from = routed_at + self._warmup_seconds

@@ -65,7 +65,7 @@ class Judge:
         self._feedback = {name: EventEvidence(name, config.tests[name], config) for name in names}
         self._lanes = {name: FeedbackLane(name, config) for name in names}
         self._routed = RoutedShares() if config.feedback else None
-        self._intake = Intake(config, self, self._routed)
+        self._intake = Intake(config, self, self._count_routed if config.feedback else None)
 
     @classmethod
     def from_state(cls, config: JudgeConfig, state: Mapping[str, object]) -> Judge:
@@ -124,11 +124,19 @@ class Judge:
         if not lane.take(side, feedback.negative, feedback.key_hash):
             return
         evidence = self._feedback[name]
-        share = self._routed.share(feedback.weight)
+        share = lane.shares.share(feedback.weight)
         crossed = evidence.fold_events(share, 1 - side, side)
         if crossed is not None:
             evidence.reject(event_verdict(evidence, FEEDBACK_TESTS[name], lane.seen(self._intake.observed()),
                                           self._intake.observed(), crossed))
+
+    def _count_routed(self, side: int, weight: float, routed_at: float, key: int | None) -> None:
+        """A request the intake took in: the weight clock (settling) counts every one, each
+        feedback test those of keys under its cap (feedback.py)."""
+        assert self._routed is not None
+        self._routed.count(side, weight, routed_at)
+        for lane in self._lanes.values():
+            lane.count_request(side, weight, routed_at, key)
 
     # --- evidence: the intake's sink ----------------------------------------------------------
 
