@@ -54,7 +54,7 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
         # usage in the response); None without token counts.
         "tokens_estimated_share": {name: summary["tokens"]["estimated_share"] for name, summary in versions.items()},
         "rules": [verdict_record(v) for v in controller.verdicts if not v.source.startswith("judge:")],
-        "judge": judge.summary() if judge is not None else None,
+        "judge": judge.summary(wall) if judge is not None else None,
         "judge_verdicts": [verdict_record(v) for v in controller.verdicts if v.source.startswith("judge:")],
         "evaluations": controller.evaluations,
         "rollbacks": controller.rollbacks,

@@ -30,7 +30,7 @@ from canaryproxy.core.types import FeedbackKind
 from canaryproxy.feedback.names import DEFAULT_NAMES, BooleanName, CategoryName, Declared, RangeName
 from canaryproxy.feedback.settings import DEFAULT_HEADER, DEFAULT_PATH, FeedbackSettings
 
-MIN_KEY_BYTES = 32  # HMAC-SHA256's own output size: a shorter key is the weak link
+MIN_KEY_BYTES = 32  # 256 bits: a shorter key would be the weak link of the 128-bit tag's MAC
 MAX_NAMES = 32  # each name is a label value in /metrics: bounded
 
 Kind = Literal["feedback", "downstream_error"]
@@ -138,7 +138,7 @@ class FeedbackConfig(Strict):
         if len(set(self.keys)) != len(self.keys):
             raise ValueError("feedback.keys lists a key twice")
         if self.enabled and not self.keys:
-            raise ValueError("feedback is enabled but feedback.keys is empty: give at least one HMAC "
+            raise ValueError("feedback is enabled but feedback.keys is empty: give at least one signing "
                              f"key of {MIN_KEY_BYTES}+ bytes (for example keys: [\"${{CANARYPROXY_FEEDBACK_KEY}}\"])")
         if self.names is not None and not 1 <= len(self.names) <= MAX_NAMES:
             raise ValueError(f"feedback.names declares {len(self.names)} names: give 1 to {MAX_NAMES}")

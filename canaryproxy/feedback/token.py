@@ -12,15 +12,14 @@ then a tag:
     routed_at 8 bytes  wall-clock milliseconds at routing
     key hash  8 bytes  the sticky key's 64-bit hash (0 when none)
     id length 1 byte   then the request id's bytes (printable ASCII, <= 128)
-    tag      16 bytes  HMAC-SHA256(key, everything before), truncated to 128 bits
+    tag      16 bytes  keyed BLAKE2b-128(key, everything before)
 
 99 characters for a 32-hex request id. The key id names the key that signed it, so a verifier
-computes one HMAC (not one per configured key) and an operator can tell a rotated-out key from a
+computes one MAC (not one per configured key) and an operator can tell a rotated-out key from a
 forgery; it reveals nothing of the key. The tag is compared in constant time (`hmac.compare_digest`).
-Signing is on the path of every proxied response: one `struct.pack`, one HMAC and one base64
-encoding. The HMAC is keyed once per key and copied per token (`hmac.new(...).copy()`), which
-skips hashing the padded key every time (bench/README.md, "Feedback"); tests check it against
-`hmac.digest`.
+Signing is on the path of every proxied response: one `struct.pack`, one MAC and one base64
+encoding. The MAC is keyed BLAKE2b (`_KeyedMac`), keyed once per key and copied per token; tests
+check it against `hashlib.blake2b(message, key=key)`.
 """
 
 from __future__ import annotations
@@ -45,19 +44,23 @@ _MAX_BYTES = _MIN_BYTES + 255
 _MAX_CHARS = (_MAX_BYTES * 4 + 2) // 3
 
 
-class _PreparedHmac:
-    """HMAC-SHA256 with one key, keyed once: each tag copies the keyed object (the stdlib's own
-    HMAC, its padded key blocks already hashed) instead of keying it again."""
+class _KeyedMac:
+    """Keyed BLAKE2b with a 128-bit tag (RFC 7693's keyed mode, a MAC in itself: no HMAC
+    construction needed), keyed once per key and copied per token. A third of HMAC-SHA256's cost
+    on this path (bench/README.md, "Feedback"). BLAKE2b takes keys up to 64 bytes; a longer one is
+    hashed to 64 bytes first, as HMAC does with keys longer than its block."""
 
     __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        if len(key) > hashlib.blake2b.MAX_KEY_SIZE:
+            key = hashlib.blake2b(key).digest()
+        self._keyed = hashlib.blake2b(key=key, digest_size=TAG_BYTES)
 
     def tag(self, message: bytes) -> bytes:
         keyed = self._keyed.copy()
         keyed.update(message)
-        return keyed.digest()[:TAG_BYTES]
+        return keyed.digest()
 
 
 def key_id(key: bytes) -> bytes:
@@ -83,14 +86,14 @@ class Signer:
     """Signs with the first key, verifies with any of them (rotation: add the new key first, keep
     the old one until the tokens it signed are older than max_age, then remove it)."""
 
-    __slots__ = ("_hmac", "_kid", "_keys")
+    __slots__ = ("_mac", "_kid", "_keys")
 
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         if not keys:
             raise ValueError("a signer needs at least one key")
         self._kid = key_id(keys[0])
-        self._keys = {key_id(k): _PreparedHmac(k) for k in keys}
-        self._hmac = self._keys[self._kid]
+        self._keys = {key_id(k): _KeyedMac(k) for k in keys}
+        self._mac = self._keys[self._kid]
 
     def sign(self, role: Role, request_id: str, weight: float, routed_at: float, key_hash: int | None) -> str:
         rid = request_id.encode("ascii")
@@ -98,7 +101,7 @@ class Signer:
             VERSION, self._kid, _ROLE_CODE[role], _HAS_KEY if key_hash is not None else 0,
             round(weight * 100), int(routed_at * 1000), key_hash or 0, len(rid),
         ) + rid
-        return base64.urlsafe_b64encode(message + self._hmac.tag(message)).rstrip(b"=").decode("ascii")
+        return base64.urlsafe_b64encode(message + self._mac.tag(message)).rstrip(b"=").decode("ascii")
 
     def verify(self, token: str) -> Attribution:
         """The attribution a token carries; BadToken (with why) when these keys did not sign it."""
