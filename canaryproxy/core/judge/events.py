@@ -181,14 +181,7 @@ class EventEvidence:
             saved.number(value, f"{where}.log_l[{j}]")
             for j, value in enumerate(saved.sequence(fields["log_l"], f"{where}.log_l", len(self._log_l)))
         ]
-        counts: dict[float, list[int]] = {}
-        for i, entry in enumerate(saved.sequence(fields["counts"], f"{where}.counts")):
-            at = f"{where}.counts[{i}]"
-            share, stable, canary = saved.sequence(entry, at, 3)
-            value = saved.number(share, f"{at}[0]")
-            if not 0.0 < value < 1.0 or value in counts:
-                raise saved.fail(f"{at}[0]", f"expected a new canary share in (0, 1), got {share!r}")
-            counts[value] = [saved.count(stable, f"{at}[1]"), saved.count(canary, f"{at}[2]")]
+        counts = saved.side_counts(fields["counts"], f"{where}.counts", 1.0, "canary share")
         cs_index = saved.count(fields["cs_index"], f"{where}.cs_index")
         if cs_index > len(CS_GRID):
             raise saved.fail(f"{where}.cs_index", f"expected at most {len(CS_GRID)}, got {cs_index}")

@@ -115,14 +115,7 @@ class RoutedShares:
 
     def restoring(self, state: object, where: str) -> Callable[[], None]:
         fields = saved.mapping(state, where, ("counts", "weight", "since", "latest"))
-        counts: dict[float, list[int]] = {}
-        for i, entry in enumerate(saved.sequence(fields["counts"], f"{where}.counts")):
-            at = f"{where}.counts[{i}]"
-            weight, stable, canary = saved.sequence(entry, at, 3)
-            value = saved.number(weight, f"{at}[0]")
-            if not 0.0 < value < 100.0 or value in counts:
-                raise saved.fail(f"{at}[0]", f"expected a new weight in (0, 100), got {weight!r}")
-            counts[value] = [saved.count(stable, f"{at}[1]"), saved.count(canary, f"{at}[2]")]
+        counts = saved.side_counts(fields["counts"], f"{where}.counts", 100.0, "weight")
         if len(counts) > MAX_WEIGHTS:
             raise saved.fail(f"{where}.counts", f"expected at most {MAX_WEIGHTS} weights, got {len(counts)}")
         weight = saved.optional_number(fields["weight"], f"{where}.weight")

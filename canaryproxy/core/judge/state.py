@@ -60,6 +60,21 @@ def counts(value: object, where: str, length: int) -> list[int]:
     return [count(item, f"{where}[{i}]") for i, item in enumerate(sequence(value, where, length))]
 
 
+def side_counts(value: object, where: str, upper: float, what: str) -> dict[float, list[int]]:
+    """A saved table of [key, stable count, canary count] rows, each key a new number in (0, upper)
+    (a canary share, a weight): what the event tests keep per share and the feedback tests per
+    weight."""
+    table: dict[float, list[int]] = {}
+    for i, entry in enumerate(sequence(value, where)):
+        at = f"{where}[{i}]"
+        key, stable, canary = sequence(entry, at, 3)
+        key_value = number(key, f"{at}[0]")
+        if not 0.0 < key_value < upper or key_value in table:
+            raise fail(f"{at}[0]", f"expected a new {what} in (0, {upper:g}), got {key!r}")
+        table[key_value] = [count(stable, f"{at}[1]"), count(canary, f"{at}[2]")]
+    return table
+
+
 def flag(value: object, where: str) -> bool:
     if not isinstance(value, bool):
         raise fail(where, f"expected true or false, got {value!r}")
