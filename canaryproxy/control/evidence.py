@@ -65,14 +65,17 @@ class Evidence:
         if self.judge is not None:
             self.judge.observe(outcome)
 
-    def replay(self, records: Sequence[Observed]) -> None:
-        """Records the judge's restored state already covers: into the windows, and through the
-        judge's per-key caps only (so a user is capped across the checkpoint)."""
+    def replay(self, records: Sequence[Observed], feedback: Sequence[Feedback] = ()) -> None:
+        """Records (and feedback) the judge's restored state already covers: into the windows,
+        and through the judge's per-key caps only (so a user is capped across the checkpoint)."""
         windows = self.windows
         for record in records:
             windows.record(record, record.routed_at + record.latency)
+        for verdict in feedback:
+            windows.record_feedback(verdict, verdict.routed_at)
         if self.judge is not None:
             self.judge.prime_key_caps(records)
+            self.judge.prime_feedback_caps(feedback)
 
     def record_feedback(self, feedback: Feedback) -> None:
         """Take in one feedback record: into the windows in the second its request was routed (it

@@ -15,8 +15,9 @@ user's requests are capped across the checkpoint as across processes. Nothing is
 checkpoint, the judge takes everything retained, and says so.
 
 Feedback records travel in the same entries (any process's endpoint accepted them, once) and go to
-`evidence.record_feedback` at their place in the log; those a checkpoint covers go only to the
-windows, as covered requests do, since the judge's restored state has taken them already.
+`evidence.record_feedback` at their place in the log; those a checkpoint covers go to the windows
+and through the feedback tests' per-key caps only, as covered requests do, since the judge's
+restored state has counted them already.
 
 The canary requests that count toward a stage's `min_requests` are only those the leader reads
 live: what it read while catching up, or before it led, is already in the stored hold progress.
@@ -124,12 +125,8 @@ class SharedEvidence:
             for event in entry.events:
                 evidence.apply(event)
             return
-        evidence.replay(entry.records)  # covered by the checkpoint
-        for feedback in entry.feedback:
-            # Into the windows only, in the second its request was routed (Evidence.record_feedback
-            # files it there too); the restored judge has taken it already.
-            evidence.windows.record_feedback(feedback, feedback.routed_at)
-            self.feedback_taken += 1
+        evidence.replay(entry.records, entry.feedback)  # covered by the checkpoint
+        self.feedback_taken += len(entry.feedback)
 
     def _on_caught_up(self) -> None:
         if not self.caught_up.is_set():

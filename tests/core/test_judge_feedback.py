@@ -229,6 +229,21 @@ def test_a_capped_users_later_requests_leave_its_versions_share() -> None:
     assert lane.shares.share(5.0) == pytest.approx(0.05)  # 50 / 1,001 rounded up
 
 
+def test_a_restored_judge_primed_with_the_covered_feedback_keeps_a_users_cap() -> None:
+    before = Judge(feedback_config())
+    for outcome in requests_at(5.0, canary=50, stable=950, routed_at=T0):
+        before.observe(outcome)
+    covered = [rating(True, True, key=42) for _ in range(3)]  # one user at the cap already
+    for record in covered:
+        before.observe_feedback(record)
+    primed, unprimed = (Judge.from_state(feedback_config(), before.state()) for _ in range(2))
+    primed.prime_feedback_caps(covered)
+    for judge in (primed, unprimed):
+        judge.observe_feedback(rating(True, True, key=42))
+    assert feedback_verdict(primed, T0 + SETTLE).details["canary"]["events"] == 3
+    assert feedback_verdict(unprimed, T0 + SETTLE).details["canary"]["events"] == 4  # the cap restarted
+
+
 # --- saving ---------------------------------------------------------------------------------------
 
 

@@ -162,6 +162,11 @@ class FeedbackLane:
         self.events[side] += 1
         return True
 
+    def prime(self, negative: bool, key: int | None) -> None:
+        """A record the restored state counted already: through the key cap only."""
+        if negative and key is not None:
+            self._keys.admit(key)
+
     def seen(self, responses: Mapping[str, int]) -> EventSeen:
         """For the verdicts: the responses the test compares (every one counted), the events."""
         return EventSeen((responses["stable"], responses["canary"]),

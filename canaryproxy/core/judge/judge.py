@@ -107,6 +107,14 @@ class Judge:
         """
         return self._intake.prime_key_caps(observations)
 
+    def prime_feedback_caps(self, records: Iterable[Feedback]) -> None:
+        """`prime_key_caps` for feedback: records the restored state already counted, through
+        their test's per-key cap only, so a user's cap holds across the checkpoint."""
+        for feedback in records:
+            lane = self._lanes.get(TEST_OF_KIND[feedback.kind])
+            if lane is not None:
+                lane.prime(feedback.negative, feedback.key_hash)
+
     def observe_feedback(self, feedback: Feedback) -> None:
         """Take one feedback record into its feedback test (feedback.py); nothing when the
         feedback tests are off or its kind's test is disabled. O(J) for a negative record.
