@@ -41,7 +41,7 @@ from canaryproxy.feedback.endpoint import FeedbackEndpoint  # noqa: E402
 from canaryproxy.feedback.memory import LocalClaims  # noqa: E402
 from canaryproxy.feedback.settings import FeedbackSettings  # noqa: E402
 from canaryproxy.feedback.token import Signer  # noqa: E402
-from canaryproxy.proxy.forward import new_request_id  # noqa: E402
+from canaryproxy.proxy.attribution import new_request_id  # noqa: E402
 from canaryproxy.proxy.headers import TrustedProxies  # noqa: E402
 
 KEY = "bench-feedback-key-0123456789abcdef-0123"

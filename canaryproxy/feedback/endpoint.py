@@ -34,6 +34,7 @@ from canaryproxy.feedback.names import BadValue
 from canaryproxy.feedback.post import Post, Refusal, parse
 from canaryproxy.feedback.settings import FeedbackSettings
 from canaryproxy.feedback.token import Attribution, BadToken, Signer
+from canaryproxy.proxy.attribution import acceptable_request_id
 from canaryproxy.proxy.headers import X_REQUEST_ID, TrustedProxies
 
 log = logging.getLogger("canaryproxy.feedback")
@@ -89,8 +90,8 @@ class FeedbackEndpoint:
     def stamp(self, outcome: Outcome, headers: CIMultiDict[str], origin: str | None) -> None:
         # The id the client sees: ours, or the upstream's own X-Request-Id when it set one (then
         # that is what a client quotes back).
-        request_id = headers.get(X_REQUEST_ID) or outcome.request_id
-        if not (len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        request_id = headers.get(X_REQUEST_ID)
+        if not acceptable_request_id(request_id):
             request_id = outcome.request_id
         headers[self.header] = self.signer.sign(outcome.role, request_id, outcome.weight, outcome.routed_at,
                                                 outcome.key_hash)

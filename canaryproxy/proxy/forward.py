@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard
+from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, OutcomeSink, Role
 from canaryproxy.errors import UpstreamError
@@ -49,6 +47,7 @@ from canaryproxy.inspection import (
 from canaryproxy.proxy.accesslog import AccessLog
 from canaryproxy.proxy import admission
 from canaryproxy.proxy.admission import Refused, Target
+from canaryproxy.proxy.attribution import FeedbackHook, acceptable_request_id, new_request_id
 from canaryproxy.proxy.body import (
     BodyTooLarge,
     ClientBodyTimeout,
@@ -72,7 +71,6 @@ from canaryproxy.proxy.routing import Router
 
 log = logging.getLogger("canaryproxy.proxy")
 
-_random_bits = random.Random().getrandbits
 
 # What `OPTIONS *` answers: the methods the proxy forwards (any method reaches the upstream).
 _ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -96,33 +94,6 @@ class ProxySettings:
     access_log: bool = True
     # Ask LLM upstreams for uncompressed responses on inspected paths, so they can be read.
     identity_encoding: bool = True
-
-
-class FeedbackHook(Protocol):
-    """The feedback endpoint as the forwarder sees it (canaryproxy/feedback/endpoint.py)."""
-
-    path: str
-
-    def stamp(self, outcome: Outcome, headers: CIMultiDict[str], origin: str | None) -> None:
-        """Add the attribution token (and CORS exposure) to a proxied response's headers."""
-        ...
-
-    async def handle(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
-        """Answer a request to `path` (never forwarded)."""
-        ...
-
-
-def new_request_id() -> str:
-    # Unique, not secret: a Mersenne Twister draw costs no system call (os.urandom does).
-    return f"{_random_bits(128):032x}"
-
-
-def _acceptable_request_id(value: str | None) -> TypeGuard[str]:
-    # Echoed into logs and upstream headers: keep it short and printable.
-    return (
-        value is not None and 0 < len(value) <= 128 and value.isascii() and value.isprintable()
-        and " " not in value
-    )
 
 
 def _cut_short(outcome: Outcome) -> bool:
@@ -205,7 +176,7 @@ class Forwarder:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self._now()
         request_id = request.headers.get(X_REQUEST_ID)
-        if not _acceptable_request_id(request_id):
+        if not acceptable_request_id(request_id):
             request_id = new_request_id()
         content_length = request.content_length
         target = self._admit(request, request_id, content_length)

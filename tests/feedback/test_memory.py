@@ -7,7 +7,7 @@ import tracemalloc
 
 from canaryproxy.core.types import Role
 from canaryproxy.feedback.memory import LocalClaims, RateLimiter, RequestIds
-from canaryproxy.proxy.forward import new_request_id
+from canaryproxy.proxy.attribution import new_request_id
 
 N = 20_000
 
