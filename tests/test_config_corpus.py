@@ -73,6 +73,24 @@ CORPUS = [
            "routing.weight: Input should be less than or equal to 100"),
     Broken("stage-weight-below-one-bucket", UPSTREAMS + "rollout:\n  stages: [{weight: 0.001, hold: 1m}]\n",
            "rollout.stages[0].weight: weight has at most two decimals"),
+    Broken("shadow-stage-with-a-weight",
+           UPSTREAMS + "rollout:\n  stages: [{shadow: 20, weight: 5, hold: 1m}, {weight: 10, hold: 1m}]\n",
+           "rollout.stages[0]: a stage is live ({weight: N}) or a shadow stage ({shadow: N}), not both"),
+    Broken("shadow-stage-after-a-live-one",
+           UPSTREAMS + "rollout:\n  stages: [{weight: 5, hold: 1m}, {shadow: 20, hold: 1m}, {weight: 10, hold: 1m}]\n",
+           "stage 2 is a shadow stage after a live stage: shadow stages come before every live stage"),
+    Broken("shadow-above-100", UPSTREAMS + "rollout:\n  stages: [{shadow: 120, hold: 1m}, {weight: 10, hold: 1m}]\n",
+           "rollout.stages[0].shadow: Input should be less than or equal to 100"),
+    Broken("shadow-zero", UPSTREAMS + "rollout:\n  stages: [{shadow: 0, hold: 1m}, {weight: 10, hold: 1m}]\n",
+           "rollout.stages[0].shadow: Input should be greater than 0"),
+    Broken("shadow-only", UPSTREAMS + "rollout:\n  stages: [{shadow: 20, hold: 1m}]\n",
+           "shadow stages must be followed by at least one live stage"),
+    Broken("stage-neither-live-nor-shadow", UPSTREAMS + "rollout:\n  stages: [{hold: 1m}]\n",
+           "a stage needs a weight (a live stage) or a shadow share (a shadow stage)"),
+    Broken("shadow-without-the-judge",
+           UPSTREAMS + "rollout:\n  stages: [{shadow: 20, hold: 1m}, {weight: 10, hold: 1m}]\n"
+           "  judge: {enabled: false}\n",
+           "shadow stages need the judge (rollout.judge.enabled: true)"),
     Broken("stages-going-down", UPSTREAMS + "rollout:\n  stages: [{weight: 50, hold: 1m}, {weight: 10, hold: 1m}]\n",
            "stage 2 weight must be above 50%"),
     # addresses and URLs
@@ -159,6 +177,13 @@ def test_a_directory_that_exists_or_can_be_made_passes_and_check_config_leaves_n
     path.write_text(UPSTREAMS + f"state: {{path: '{tmp_path}/{state}'}}\n")
     assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]
+
+
+def test_a_shadow_stage_before_live_ones_passes(tmp_path, capsys):
+    path = tmp_path / "shadow.yaml"
+    stages = "[{shadow: 20, hold: 10m}, {weight: 5, hold: 10m}, {weight: 100, hold: 1m}]"
+    path.write_text(UPSTREAMS + f"rollout:\n  stages: {stages}\n")
+    assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
 
 
 def test_a_key_a_merge_brings_may_be_overridden(tmp_path, capsys):

@@ -61,11 +61,32 @@ class RuleConfig(Strict):
 
 
 class StageConfig(Strict):
-    weight: float = Field(gt=0, le=100)
+    """A live stage, `{weight: 5, hold: 10m}`, or a shadow stage, `{shadow: 20, hold: 10m}`: 20% of
+    the requests also sent to the canary, whose answers no user sees (core/stages)."""
+
+    weight: float | None = Field(default=None, gt=0, le=100)
+    shadow: float | None = Field(default=None, gt=0, le=100)
     hold: Duration = Field(ge=0)
 
     # The same smallest step as every other weight: a stage at 0.001% would put 0 buckets in force.
-    _one_bucket_resolution = field_validator("weight")(check_weight)
+    _one_bucket_resolution = field_validator("weight", "shadow")(check_weight)
+
+    @model_validator(mode="after")
+    def _live_or_shadow(self) -> StageConfig:
+        if self.weight is not None and self.shadow is not None:
+            raise ValueError(
+                f"a stage is live ({{weight: N}}) or a shadow stage ({{shadow: N}}), not both: got weight "
+                f"{self.weight:g} and shadow {self.shadow:g}; a shadow stage serves no user with the canary"
+            )
+        if self.weight is None and self.shadow is None:
+            raise ValueError("a stage needs a weight (a live stage) or a shadow share (a shadow stage)")
+        return self
+
+    def to_stage(self, extra_hold: float = 0.0) -> Stage:
+        if self.shadow is not None:
+            return Stage(0.0, self.hold + extra_hold, shadow=self.shadow)
+        assert self.weight is not None  # _live_or_shadow
+        return Stage(self.weight, self.hold + extra_hold)
 
 
 class JudgeTestConfig(Strict):
@@ -146,6 +167,11 @@ class RolloutConfig(Strict):
     @model_validator(mode="after")
     def _plan_is_consistent(self) -> RolloutConfig:
         self.to_plan()
+        if any(s.shadow is not None for s in self.stages) and not self.judge.enabled:
+            raise ValueError(
+                "shadow stages need the judge (rollout.judge.enabled: true): only its paired tests can "
+                "show the canary no worse in a shadow stage"
+            )
         names = [r.name for r in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -157,7 +183,7 @@ class RolloutConfig(Strict):
         the requests of its hold has had time to arrive before it is judged healthy."""
         extra = self.feedback_settle if feedback else 0.0
         return Plan(
-            tuple(Stage(s.weight, s.hold + extra) for s in self.stages),
+            tuple(s.to_stage(extra) for s in self.stages),
             min_requests=self.min_requests,
             max_hold=self.max_hold,
             on_stable_breach=self.on_stable_breach,

@@ -187,6 +187,25 @@ class Outcome(Observed):
         return self.routed_at + self.latency
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    """One request answered twice: by stable, whose answer the user got, and by the canary in the
+    shadow, whose answer no user saw. What the paired tests of a shadow stage compare
+    (core/judge/paired.py).
+
+    `stable` has role STABLE; `shadow` is the canary's answer and has role SHADOW (never CANARY:
+    nothing may count it as a request the canary served a user). `same_text` (the two texts equal
+    after normalisation) and `text_overlap` (a similarity in [0, 1]) are None when not measured.
+    `key_hash` is the sticky key's 64-bit hash the pair was sampled by, None when sampled at random.
+    """
+
+    stable: Observed
+    shadow: Observed
+    same_text: bool | None = None
+    text_overlap: float | None = None
+    key_hash: int | None = None
+
+
 class FeedbackKind(enum.StrEnum):
     """What a declared feedback name is about: the users' verdict, or a downstream failure (a
     service that consumed the response failed on it). Each kind has its own metrics and test."""

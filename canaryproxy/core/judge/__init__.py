@@ -21,6 +21,10 @@ failures (`downstream_errors`), labelled against the canary's share at routing.
 request (`tokens`, prompt plus completion), output length in characters (`output_length`), cost
 (`cost`, in micro-USD) and latency (`log_latency`, in milliseconds).
 
+*Paired tests* (paired.py, shadow stages only): sign tests on pairs — one request answered by
+stable and by the canary in the shadow (`observe_pair`) — failures, schema failures, guardrail
+interventions, truncation, completion tokens, output length, latency, TTFT; a family of their own.
+
 The modules
 -----------
 * `config`: the settings, the α split and its validation;
@@ -49,8 +53,10 @@ from canaryproxy.core.judge.config import (
     FEEDBACK_DEFAULT_TESTS,
     FEEDBACK_TESTS,
     LATENCY_EVENT_TESTS,
+    PAIRED_TESTS,
     WARM_UP_TESTS,
     JudgeConfig,
+    PairedTestConfig,
     TestConfig,
     default_tests,
 )
@@ -59,6 +65,7 @@ from canaryproxy.core.judge.feedback import TEST_OF_KIND, RoutedShares
 from canaryproxy.core.judge.intake import AMOUNT_KINDS, Amounts, EvidenceSink, Intake
 from canaryproxy.core.judge.judge import Judge
 from canaryproxy.core.judge.keycap import KeyCap
+from canaryproxy.core.judge.paired import PairedTests
 from canaryproxy.core.judge.numerics import (
     canary_share,
     e_value,
@@ -78,7 +85,7 @@ __all__ = [
     "AMOUNT_KINDS", "AMOUNT_TESTS", "Amounts", "BLOCK_REQUESTS", "CS_GRID", "DEFAULT_FEEDBACK_SETTLE",
     "DEFAULT_TESTS", "EVENT_KINDS", "EVENT_TESTS", "FEEDBACK_DEFAULT_TESTS", "FEEDBACK_TESTS", "TEST_OF_KIND",
     "RoutedShares", "default_tests", "Events", "LATENCY_EVENT_TESTS", "WARM_UP_TESTS", "AmountEvidence", "Block",
-    "EventEvidence", "EventSeen", "EvidenceSink", "Intake", "Judge", "JudgeConfig", "KeyCap", "TestConfig",
+    "EventEvidence", "EventSeen", "EvidenceSink", "Intake", "Judge", "JudgeConfig", "KeyCap", "PAIRED_TESTS", "PairedTestConfig", "PairedTests", "TestConfig",
     "canary_share", "e_value", "format_e", "geometric_range", "log_likelihood_ratios", "log_mean_exp",
     "log_mixture", "log_normal_cdf", "mixture_log_weights", "mixture_precision", "normal_mixture_log_e",
     "ratio_estimate",

@@ -31,6 +31,21 @@ and every other test keeps 80% of its share (`FEEDBACK_DEFAULT_TESTS`): errors 0
 to a detection; a fifth is what the users' verdict is worth where it is collected, and the two
 share it equally because neither is a cross-check of the other or of a request test: a canary
 can fail its users or its consumers with every response a 200.
+
+**Shadow stages.** The paired tests (paired.py: one request answered by both versions) are a
+family of their own, `JudgeConfig.shadow_tests`, with its own default 1% budget:
+
+    failed 0.4%   schema 0.15%   guardrail 0.1%   truncation 0.05%
+    completion_tokens 0.1%   output_length 0.05%   latency 0.1%   ttft 0.05%
+
+They see pairs only in shadow stages, where the live tests see no canary request (weight 0), and
+the live tests see requests only in live stages, where no pair is made: the two families never
+judge the same stage, so neither takes from the other's budget. The chance of a false rollback
+over a whole rollout with both kinds of stages is at most the sum, `family_alpha +
+shadow_family_alpha` (2% at the defaults). Failures keep most of the shadow budget (the
+regression that hurts most), truncation is inside `failed` and output length moves with tokens:
+cross-checks; TTFT overlaps latency. Each amount test also has a `margin` (default 10%): a pair
+is discordant only when one side's amount exceeds the other's by more than it.
 """
 
 from __future__ import annotations
@@ -113,7 +128,53 @@ FEEDBACK_DEFAULT_TESTS: Mapping[str, TestConfig] = MappingProxyType(
         for name, test in DEFAULT_TESTS.items()
     }
 )
-DEFAULT_FEEDBACK_SETTLE = 120.0  # seconds after a response by which its feedback has arrived
+DEFAULT_FEEDBACK_SETTLE = 120.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairedTestConfig:
+    """One paired test of the shadow stages (paired.py): whether it runs, its share α of the
+    shadow family's budget, its tolerance r₀ on the odds that the canary is the worse side of a
+    discordant pair (1: no more often than stable), and for amounts the `margin`: a pair is
+    discordant when one side exceeds the other by more than this fraction (0.1: 10% larger)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    alpha: float
+    enabled: bool = True
+    r0: float = 1.0
+    margin: float = 0.1
+
+
+PAIRED_EVENT_TESTS: Mapping[str, str] = MappingProxyType(
+    {
+        "failed": "failed requests",
+        "schema": "schema failures",
+        "guardrail": "guardrail interventions",
+        "truncation": "truncated responses",
+    }
+)
+PAIRED_AMOUNT_TESTS: Mapping[str, str] = MappingProxyType(
+    {
+        "completion_tokens": "completion tokens",
+        "output_length": "output length",
+        "latency": "latency",
+        "ttft": "time to first token",
+    }
+)
+PAIRED_TESTS: Mapping[str, str] = MappingProxyType({**PAIRED_EVENT_TESTS, **PAIRED_AMOUNT_TESTS})
+DEFAULT_SHADOW_TESTS: Mapping[str, PairedTestConfig] = MappingProxyType(
+    {
+        "failed": PairedTestConfig(alpha=0.004),
+        "schema": PairedTestConfig(alpha=0.0015),
+        "guardrail": PairedTestConfig(alpha=0.001),
+        "truncation": PairedTestConfig(alpha=0.0005),
+        "completion_tokens": PairedTestConfig(alpha=0.001),
+        "output_length": PairedTestConfig(alpha=0.0005),
+        "latency": PairedTestConfig(alpha=0.001),
+        "ttft": PairedTestConfig(alpha=0.0005),
+    }
+)  # seconds after a response by which its feedback has arrived
 
 
 def default_tests(feedback: bool) -> Mapping[str, TestConfig]:
@@ -143,6 +204,8 @@ class JudgeConfig:
     warmup_tolerance: float = 2.0
     feedback: bool = False
     feedback_settle: float = DEFAULT_FEEDBACK_SETTLE
+    # The paired tests of the shadow stages, by name; the others: DEFAULT_SHADOW_TESTS.
+    shadow_tests: Mapping[str, PairedTestConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tests) - set(DEFAULT_TESTS))
@@ -155,7 +218,15 @@ class JudgeConfig:
         if not self.feedback:  # the feedback tests need feedback: off, so their α is not spent
             merged.update({name: replace(merged[name], enabled=False) for name in FEEDBACK_TESTS})
         object.__setattr__(self, "tests", MappingProxyType(merged))
-        problems = self._test_problems() + self._setting_problems()
+        unknown = sorted(set(self.shadow_tests) - set(PAIRED_TESTS))
+        if unknown:
+            raise ValueError(
+                f"judge.shadow_tests: unknown test {', '.join(map(repr, unknown))}; "
+                f"known tests: {', '.join(PAIRED_TESTS)}"
+            )
+        shadow = {name: self.shadow_tests.get(name, default) for name, default in DEFAULT_SHADOW_TESTS.items()}
+        object.__setattr__(self, "shadow_tests", MappingProxyType(shadow))
+        problems = self._test_problems() + self._shadow_problems() + self._setting_problems()
         if problems:
             raise ValueError("invalid judge config: " + "; ".join(problems))
 
@@ -163,6 +234,11 @@ class JudgeConfig:
     def family_alpha(self) -> float:
         """The chance of any false rollback: the sum of the enabled tests' α (Bonferroni)."""
         return math.fsum(test.alpha for test in self.tests.values() if test.enabled)
+
+    @property
+    def shadow_family_alpha(self) -> float:
+        """The chance of any false rollback in the shadow stages: the enabled paired tests' α."""
+        return math.fsum(test.alpha for test in self.shadow_tests.values() if test.enabled)
 
     def enabled(self, kind: Mapping[str, str]) -> tuple[str, ...]:
         """The enabled tests of one kind (`EVENT_TESTS`, `AMOUNT_TESTS` or `FEEDBACK_TESTS`), in
@@ -184,6 +260,23 @@ class JudgeConfig:
                 )
         if not self.family_alpha < 1.0:
             problems.append(f"the enabled tests' alphas sum to {self.family_alpha:.3g}; must be below 1")
+        return problems
+
+    def _shadow_problems(self) -> list[str]:
+        problems = []
+        for name, test in self.shadow_tests.items():
+            if not 0.0 < test.alpha < 1.0:
+                problems.append(f"shadow_tests.{name}.alpha must be between 0 and 1, got {test.alpha!r}")
+            if not 0.0 < test.r0 < math.inf:
+                problems.append(f"shadow_tests.{name}.r0 must be a positive number, got {test.r0!r}")
+            elif SMALLEST_ALTERNATIVE * test.r0 >= self.max_ratio:
+                problems.append(f"shadow_tests.{name}.r0 must be below max_ratio / {SMALLEST_ALTERNATIVE:g} = "
+                                f"{self.max_ratio / SMALLEST_ALTERNATIVE:.3g}, got {test.r0!r}")
+            if not 0.0 <= test.margin < math.inf:
+                problems.append(f"shadow_tests.{name}.margin must be a fraction >= 0 (0.1: 10% larger), "
+                                f"got {test.margin!r}")
+        if not self.shadow_family_alpha < 1.0:
+            problems.append(f"the enabled shadow tests' alphas sum to {self.shadow_family_alpha:.3g}; must be below 1")
         return problems
 
     def _setting_problems(self) -> list[str]:

@@ -3,7 +3,8 @@
 The intake (intake.py) turns requests into closed blocks and amount samples; the evidence
 (events.py, amounts.py) folds them. The judge is the intake's sink: it folds what the intake
 emits and, when a test's evidence crosses 1/α, records the FAIL with what the intake had counted
-at that moment. It answers the controller: `verdicts`, `no_worse`, `summary`.
+at that moment. It answers the controller: `verdicts`, `no_worse`, `summary`; and for the shadow
+stages, over the pairs of `observe_pair` (paired.py): `shadow_verdicts`, `shadow_no_worse`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from canaryproxy.core.judge.events import EventEvidence, event_verdict
 from canaryproxy.core.judge.feedback import TEST_OF_KIND, FeedbackLane, RoutedShares, settling_verdict
 from canaryproxy.core.judge.intake import AMOUNT_KINDS, Amounts, Block, Intake
 from canaryproxy.core.judge.numerics import CANARY, STABLE
-from canaryproxy.core.types import Feedback, Observed, Role, Status, Verdict, live_role
+from canaryproxy.core.judge.paired import NEGLIGIBLE, PairedTests
+from canaryproxy.core.types import Feedback, Observed, Role, ShadowPair, Status, Verdict, live_role
 
 STATE_FORMAT = 1
 
@@ -47,7 +49,7 @@ class Judge:
     for two generations of the caps does in one process.
     """
 
-    __slots__ = ("config", "_intake", "_events", "_amounts", "_sampled", "_routed", "_feedback", "_lanes")
+    __slots__ = ("config", "_intake", "_events", "_amounts", "_sampled", "_routed", "_feedback", "_lanes", "_paired")
 
     def __init__(self, config: JudgeConfig | None = None) -> None:
         self.config = config if config is not None else JudgeConfig()
@@ -66,6 +68,7 @@ class Judge:
         self._lanes = {name: FeedbackLane(name, config) for name in names}
         self._routed = RoutedShares() if config.feedback else None
         self._intake = Intake(config, self, self._count_routed if config.feedback else None)
+        self._paired = PairedTests(config)
 
     @classmethod
     def from_state(cls, config: JudgeConfig, state: Mapping[str, object]) -> Judge:
@@ -137,6 +140,22 @@ class Judge:
         if crossed is not None:
             evidence.reject(event_verdict(evidence, FEEDBACK_TESTS[name], lane.seen(self._intake.observed()),
                                           self._intake.observed(), crossed))
+
+    def observe_pair(self, pair: ShadowPair) -> None:
+        """Take one shadow pair into the paired tests (paired.py); never into the live tests.
+        ValueError unless its roles are (stable, shadow)."""
+        self._paired.observe(pair)
+
+    def shadow_verdicts(self) -> list[Verdict]:
+        """One verdict per enabled paired test, `judge:shadow_<name>`: what a shadow stage reads."""
+        return self._paired.verdicts()
+
+    def shadow_no_worse(self, tolerance: float, negligible: float = NEGLIGIBLE) -> bool:
+        """Whether the paired tests show the canary no worse (`PairedTests.no_worse`)."""
+        return self._paired.no_worse(tolerance, negligible)
+
+    def shadow_summary(self) -> dict[str, object]:
+        return self._paired.summary()
 
     def _count_routed(self, side: int, weight: float, routed_at: float, key: int | None) -> None:
         """A request the intake took in: the weight clock (settling) counts every one, each
@@ -284,6 +303,7 @@ class Judge:
             "intake": self._intake.state(),
             "events": {name: evidence.state() for name, evidence in self._events.items()},
             "amounts": {name: evidence.state() for name, evidence in self._amounts.items()},
+            "shadow": self._paired.state(),
         }
         if self._routed is not None:  # only with feedback: a state without it reads as before
             state["feedback"] = {
@@ -298,9 +318,11 @@ class Judge:
         intake's small state are replaced, the key caps stay as they are (`prime_key_caps`).
 
         ValueError, naming the field, when the state was saved under another config (tests,
-        α, r₀, alternatives, ...) or is not a judge state; the judge is then unchanged.
+        α, r₀, alternatives, ...) or is not a judge state; the judge is then unchanged. A state from
+        before the paired tests (no "shadow") restores them empty.
         """
         keys = ("format", "config", "intake", "events", "amounts") + (("feedback",) if self._routed else ())
+        keys += ("shadow",) if isinstance(state, Mapping) and "shadow" in state else ()
         fields = saved.mapping(state, "state", keys)
         if fields["format"] != STATE_FORMAT:
             raise saved.fail("format", f"expected {STATE_FORMAT}, got {fields['format']!r}")
@@ -312,6 +334,10 @@ class Judge:
         commits += [evidence.restoring(amounts[name], f"amounts.{name}") for name, evidence in self._amounts.items()]
         if self._routed is not None:
             commits += self._feedback_restoring(fields["feedback"])
+        if "shadow" in fields:  # the key caps stay, as the live tests' do
+            commits.append(self._paired.restoring(fields["shadow"], "shadow"))
+        else:
+            commits.append(lambda: setattr(self, "_paired", PairedTests(self.config)))
         for commit in commits:
             commit()
 

@@ -14,6 +14,10 @@ a stage advances only when its hold has passed, it has seen `min_requests` canar
 verdict is FAIL, PENDING or INCONCLUSIVE. Missing data extends the hold up to `max_hold`, then the
 rollout pauses and alerts.
 
+A plan may begin with shadow stages (`Stage(0, hold, shadow=20)`): weight 0, a share of the
+requests duplicated to the canary (`shadow_share`), advancing on pairs and the paired tests'
+"no worse" (step.py); a FAIL there rolls back before any user was served by the canary.
+
 Time spent in a stage is accumulated step by step in `stage_elapsed`, which the durable state
 keeps; `last_t` is this process's monotonic time of the last step and is not persisted. After
 loading a state (a restart, another replica) the controller calls `rebase(state, t)`: the hold
@@ -37,10 +41,11 @@ from canaryproxy.core.stages.model import (
     StepInputs,
     is_older,
     rebase,
+    shadow_share,
 )
 from canaryproxy.core.stages.step import explain, step
 
 __all__ = [
     "Action", "Alert", "AlertKind", "Decision", "Op", "Phase", "Plan", "RolloutState", "SetWeight",
-    "StableBreachPolicy", "Stage", "StepInputs", "command", "explain", "is_older", "rebase", "step",
+    "StableBreachPolicy", "Stage", "StepInputs", "command", "explain", "is_older", "rebase", "shadow_share", "step",
 ]

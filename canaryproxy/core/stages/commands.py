@@ -10,6 +10,7 @@ from canaryproxy.core.stages.actions import Action, Alert, AlertKind
 from canaryproxy.core.stages.model import Phase, Plan, RolloutState, is_number, percent
 from canaryproxy.core.stages.transitions import (
     advance,
+    at_text,
     elapsed_at,
     entering,
     stage_label,
@@ -100,8 +101,8 @@ _Outcome = tuple[RolloutState, str, Alert]
 
 def _start(current: RolloutState, plan: Plan, t: float, asked: _Asked) -> _Outcome:
     after = entering(current, plan, 0, t)
-    summary = f"rollout started at {percent(after.weight)} (stage {stage_label(after, plan)}){asked.note}"
-    return after, summary, Alert(AlertKind.START, f"canary rollout started at {percent(after.weight)}", summary)
+    summary = f"rollout started at {at_text(after, plan)} (stage {stage_label(after, plan)}){asked.note}"
+    return after, summary, Alert(AlertKind.START, f"canary rollout started at {at_text(after, plan)}", summary)
 
 
 def _pause(current: RolloutState, plan: Plan, t: float, asked: _Asked) -> _Outcome:

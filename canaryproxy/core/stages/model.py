@@ -30,14 +30,24 @@ class StableBreachPolicy(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Stage:
-    weight: float  # canary percent
+    """One stage of a plan. A *live* stage serves `weight` percent of the users with the canary. A
+    *shadow* stage (`shadow` > 0) serves none (weight 0): `shadow` percent of the requests are
+    also sent to the canary, whose answers no user sees, and the pairs are judged (judge/paired.py).
+    Shadow stages come before every live stage."""
+
+    weight: float  # canary percent serving users; 0 in a shadow stage
     hold: float  # seconds the stage lasts at least
+    shadow: float = 0.0  # percent of requests duplicated to the canary in the shadow; 0: a live stage
+
+    @property
+    def is_shadow(self) -> bool:
+        return self.shadow > 0
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     stages: tuple[Stage, ...]
-    min_requests: int = 100  # canary requests a stage must see before it may advance
+    min_requests: int = 100  # canary requests (pairs in a shadow stage) a stage must see to advance
     max_hold: float = 3600.0  # seconds from stage start after which missing data pauses the rollout
     on_stable_breach: StableBreachPolicy = StableBreachPolicy.PAUSE
     early_promotion: bool = False  # the judge's `no_worse` may end a hold before its time
@@ -58,12 +68,15 @@ class Plan:
         if not is_number(self.max_hold) or self.max_hold < 0:
             raise ValueError(f"plan: max_hold must be a finite number of seconds >= 0, got {self.max_hold!r}")
         previous = 0.0
+        live = False  # a live stage was seen
         for number, stage in enumerate(self.stages, 1):
-            if not is_number(stage.weight) or not previous < stage.weight <= 100:
-                raise ValueError(
-                    f"plan: stage {number} weight must be above {percent(previous)} (the stage before) "
-                    f"and at most 100%, got {stage.weight!r}"
-                )
+            if not _is_shadow_stage(number, stage, live):
+                if not is_number(stage.weight) or not previous < stage.weight <= 100:
+                    raise ValueError(
+                        f"plan: stage {number} weight must be above {percent(previous)} (the stage before) "
+                        f"and at most 100%, got {stage.weight!r}"
+                    )
+                live, previous = True, stage.weight
             if not is_number(stage.hold) or stage.hold < 0:
                 raise ValueError(
                     f"plan: stage {number} hold must be a finite number of seconds >= 0, got {stage.hold!r}"
@@ -73,7 +86,45 @@ class Plan:
                     f"plan: stage {number} hold {format_duration(stage.hold)} is longer than "
                     f"max_hold {format_duration(self.max_hold)}"
                 )
-            previous = stage.weight
+        if not live:
+            raise ValueError(
+                "plan: shadow stages must be followed by at least one live stage "
+                "(a canary that has served no user is never promoted)"
+            )
+
+    def is_shadow(self, state: RolloutState) -> bool:
+        """Whether `state` is in one of this plan's shadow stages."""
+        return state.stage < len(self.stages) and self.stages[state.stage].is_shadow
+
+
+def _is_shadow_stage(number: int, stage: Stage, live_before: bool) -> bool:
+    """Whether stage `number` is a shadow stage; ValueError when it is not a valid one."""
+    shadow = stage.shadow
+    if not is_number(shadow) or not 0 <= shadow <= 100:
+        raise ValueError(
+            f"plan: stage {number} shadow must be a percent of requests in (0, 100] (0 or absent: a "
+            f"live stage), got {shadow!r}"
+        )
+    if shadow == 0:
+        return False
+    if stage.weight != 0:
+        raise ValueError(
+            f"plan: stage {number} is a shadow stage (shadow {percent(shadow)}): its weight must be 0, "
+            f"no user is served by the canary in it; got weight {stage.weight!r}"
+        )
+    if live_before:
+        raise ValueError(
+            f"plan: stage {number} is a shadow stage after a live stage: shadow stages come before every live stage"
+        )
+    return True
+
+
+def shadow_share(state: RolloutState, plan: Plan) -> float:
+    """Percent of requests to duplicate to the canary in the shadow now: the shadow stage's share
+    while the rollout is in one (progressing, or paused without a weight set by hand), else 0."""
+    if state.phase not in (Phase.PROGRESSING, Phase.PAUSED) or state.manual or not plan.is_shadow(state):
+        return 0.0
+    return plan.stages[state.stage].shadow
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +135,7 @@ class RolloutState:
     stage: int = 0  # index into Plan.stages
     weight: float = 0.0  # canary percent in force
     stage_elapsed: float = 0.0  # seconds spent progressing in this stage (not paused, not down)
-    stage_requests: int = 0  # canary requests finished while progressing in this stage
+    stage_requests: int = 0  # canary requests (pairs in a shadow stage) finished while progressing in it
     # `stage_elapsed` at which max_hold starts counting: 0 at stage start; `resume` moves it to the
     # current elapsed so a resumed stage gets a fresh max_hold instead of pausing again at once.
     max_hold_base: float = 0.0
@@ -209,11 +260,17 @@ class StepInputs:
     verdicts: Sequence[Verdict] = ()  # from the rules and from the statistical judge
     new_canary_requests: int = 0  # canary requests finished since the previous step
     no_worse: bool = False  # the judge shows the canary no worse than tolerance
+    # Shadow stages: pairs judged since the previous step (what min_requests counts there), and
+    # whether the paired tests show the canary no worse (Judge.shadow_no_worse), which a shadow
+    # stage needs to advance.
+    new_pairs: int = 0
+    shadow_no_worse: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "verdicts", tuple(self.verdicts))
-        if self.new_canary_requests < 0:
-            raise ValueError(f"step inputs: new_canary_requests must be >= 0, got {self.new_canary_requests}")
+        for name in ("new_canary_requests", "new_pairs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"step inputs: {name} must be >= 0, got {getattr(self, name)}")
 
 
 def percent(weight: float) -> str:

@@ -1,4 +1,12 @@
-"""The automatic side: one evaluation's verdicts -> the next state and the actions."""
+"""The automatic side: one evaluation's verdicts -> the next state and the actions.
+
+A shadow stage (Stage.shadow > 0) runs at weight 0: no user is served by the canary. It counts
+pairs (`StepInputs.new_pairs`) toward `min_requests` instead of canary requests, and advances
+only when, besides the hold and the data, the paired tests show the canary no worse
+(`StepInputs.shadow_no_worse`); until then it waits like a stage without data, up to `max_hold`.
+A FAIL rolls back as anywhere else: with zero user requests served by the canary. Early promotion
+does not apply to a shadow stage: "no worse" is what it needs at all.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +20,10 @@ from canaryproxy.core.stages.model import (
     RolloutState,
     StableBreachPolicy,
     StepInputs,
-    percent,
 )
 from canaryproxy.core.stages.transitions import (
     advance,
+    at_text,
     decision,
     elapsed_at,
     stage_label,
@@ -40,14 +48,30 @@ class _Assessment:
     blockers: tuple[Verdict, ...]  # PENDING or INCONCLUSIVE: not yet a reason to advance
     hold_left: float
     may_end_early: bool  # the judge shows no worse and the plan allows early promotion
+    shadow: bool  # a shadow stage: `requests` are pairs
+    unproven: bool  # a shadow stage whose paired tests do not show the canary no worse yet
 
     @property
     def lacks_data(self) -> bool:
-        return self.requests_missing > 0 or any(v.status is Status.INCONCLUSIVE for v in self.blockers)
+        return (self.requests_missing > 0 or self.unproven
+                or any(v.status is Status.INCONCLUSIVE for v in self.blockers))
 
     @property
     def blocked(self) -> bool:
-        return self.requests_missing > 0 or bool(self.blockers)
+        return self.requests_missing > 0 or self.unproven or bool(self.blockers)
+
+    @property
+    def counted(self) -> str:
+        return "shadow pairs" if self.shadow else "canary requests"
+
+    def waits(self, plan: Plan) -> list[str]:
+        """What data the stage still waits for."""
+        waits = []
+        if self.requests_missing:
+            waits.append(f"{self.requests} of {plan.min_requests} {self.counted}")
+        if self.unproven:
+            waits.append("the paired tests do not show the canary no worse yet")
+        return waits
 
 
 def step(
@@ -64,14 +88,15 @@ def step(
     counted = replace(state, stage_elapsed=seen.elapsed, stage_requests=seen.requests, last_t=t)
 
     if seen.failures:
-        return _roll_back(state, counted, t, seen.failures)
+        return _roll_back(state, plan, counted, t, seen.failures)
     if seen.environment:
-        return _pause_for_environment(state, counted, t, seen.environment)
+        return _pause_for_environment(state, plan, counted, t, seen.environment)
     if not seen.blocked and (seen.hold_left == 0 or seen.may_end_early):
         trigger = "hold_passed" if seen.hold_left == 0 else "judge"
         summary = (
             f"stage {stage_label(state, plan)} held {format_duration(seen.elapsed)} with "
-            f"{seen.requests} canary requests and every verdict passing"
+            f"{seen.requests} {seen.counted} and every verdict passing"
+            + ("; the paired tests show the canary no worse" if seen.shadow else "")
             + ("" if trigger == "hold_passed" else "; the judge shows the canary no worse")
         )
         return advance(state, plan, counted, t, trigger, summary, inputs.verdicts)
@@ -95,9 +120,9 @@ def explain(state: RolloutState, plan: Plan, inputs: StepInputs, t: float) -> st
     if state.phase is Phase.ROLLED_BACK:
         return "rolled back: the canary takes no traffic"
     if state.phase is Phase.PAUSED:
-        return f"paused at stage {stage_label(state, plan)}, {percent(state.weight)}: {state.pause_reason}"
+        return f"paused at stage {stage_label(state, plan)}, {at_text(state, plan)}: {state.pause_reason}"
     seen = _assess(state, plan, inputs, t)
-    label = f"stage {stage_label(state, plan)} at {percent(state.weight)}"
+    label = f"stage {stage_label(state, plan)} at {at_text(state, plan)}"
     if seen.failures:
         return f"{label}: rolling back: {verdicts_text(seen.failures)}"
     if seen.environment:
@@ -120,7 +145,8 @@ def _assess(state: RolloutState, plan: Plan, inputs: StepInputs, t: float) -> _A
             (environment if on_both else failures).append(verdict)
         elif verdict.status is not Status.PASS:
             blockers.append(verdict)
-    requests = state.stage_requests + inputs.new_canary_requests
+    shadow = stage.is_shadow
+    requests = state.stage_requests + (inputs.new_pairs if shadow else inputs.new_canary_requests)
     return _Assessment(
         elapsed=elapsed,
         requests=requests,
@@ -129,7 +155,9 @@ def _assess(state: RolloutState, plan: Plan, inputs: StepInputs, t: float) -> _A
         environment=tuple(environment),
         blockers=tuple(blockers),
         hold_left=max(0.0, stage.hold - elapsed),
-        may_end_early=plan.early_promotion and inputs.no_worse,
+        may_end_early=not shadow and plan.early_promotion and inputs.no_worse,
+        shadow=shadow,
+        unproven=shadow and not inputs.shadow_no_worse,
     )
 
 
@@ -138,8 +166,7 @@ def _holding_text(state: RolloutState, plan: Plan, seen: _Assessment) -> str:
     waits = []
     if seen.hold_left > 0:
         waits.append(f"hold {format_duration(seen.hold_left)} left")
-    if seen.requests_missing:
-        waits.append(f"{seen.requests} of {plan.min_requests} canary requests")
+    waits += seen.waits(plan)
     if seen.blockers:
         waits.append(f"waiting on {verdicts_text(seen.blockers)}")
     if not waits:
@@ -151,11 +178,12 @@ def _holding_text(state: RolloutState, plan: Plan, seen: _Assessment) -> str:
 
 
 def _roll_back(
-    before: RolloutState, current: RolloutState, t: float, failures: Sequence[Verdict]
+    before: RolloutState, plan: Plan, current: RolloutState, t: float, failures: Sequence[Verdict]
 ) -> tuple[RolloutState, list[Action]]:
     trigger = "judge" if all(v.source.startswith("judge:") for v in failures) else "rule"
     names = ", ".join(v.source for v in failures)
-    summary = f"rolled back from {percent(before.weight)}: {verdicts_text(failures)}"
+    where = at_text(before, plan) + (": no user was served by the canary" if plan.is_shadow(before) else "")
+    summary = f"rolled back from {where}: {verdicts_text(failures)}"
     alert = Alert(
         AlertKind.ROLLBACK,
         f"canary rolled back: {names}",
@@ -167,14 +195,14 @@ def _roll_back(
 
 
 def _pause_for_environment(
-    before: RolloutState, current: RolloutState, t: float, environment: Sequence[Verdict]
+    before: RolloutState, plan: Plan, current: RolloutState, t: float, environment: Sequence[Verdict]
 ) -> tuple[RolloutState, list[Action]]:
     trigger = "judge" if all(v.source.startswith("judge:") for v in environment) else "rule"
     reason = f"environment problem: the same rule fires on stable: {verdicts_text(environment)}"
     names = ", ".join(v.source for v in environment)
     alert = Alert(
         AlertKind.PAUSE,
-        f"rollout paused at {percent(before.weight)}: {names} fires on stable too",
+        f"rollout paused at {at_text(before, plan)}: {names} fires on stable too",
         reason,
         {"verdicts": {v.source: dict(v.details) for v in environment}},
     )
@@ -186,16 +214,14 @@ def _pause_at_max_hold(
     before: RolloutState, plan: Plan, current: RolloutState, t: float, seen: _Assessment
 ) -> tuple[RolloutState, list[Action]]:
     waited = format_duration(plan.max_hold)
-    waits = []
-    if seen.requests_missing:
-        waits.append(f"{seen.requests} of {plan.min_requests} canary requests")
+    waits = seen.waits(plan)
     if seen.blockers:
         waits.append(verdicts_text(seen.blockers))
     if seen.lacks_data:
         kind, reason = AlertKind.INSUFFICIENT_DATA, f"insufficient data for {waited}: {'; '.join(waits)}"
     else:
         kind, reason = AlertKind.PAUSE, f"verdicts still pending after {waited}: {'; '.join(waits)}"
-    title = f"rollout paused at {percent(before.weight)} (stage {stage_label(before, plan)})"
+    title = f"rollout paused at {at_text(before, plan)} (stage {stage_label(before, plan)})"
     alert = Alert(kind, title, reason)
     after = replace(current, phase=Phase.PAUSED, pause_reason=reason)
     return transition(before, after, t, "max_hold", reason, seen.blockers, alert)

@@ -119,6 +119,13 @@ def stage_label(state: RolloutState, plan: Plan) -> str:
     return f"{state.stage + 1} of {len(plan.stages)}"
 
 
+def at_text(state: RolloutState, plan: Plan) -> str:
+    """Where the canary is, for people: "5%", or "0% (shadow 20%)" in a shadow stage."""
+    if plan.is_shadow(state) and state.phase in (Phase.PROGRESSING, Phase.PAUSED):
+        return f"{percent(state.weight)} (shadow {percent(plan.stages[state.stage].shadow)})"
+    return percent(state.weight)
+
+
 def advance(
     before: RolloutState,
     plan: Plan,
@@ -137,7 +144,7 @@ def advance(
         after = entering(current, plan, following, t)
         alert = Alert(
             AlertKind.STAGE_CHANGE,
-            f"canary at {percent(after.weight)} (stage {stage_label(after, plan)})",
+            f"canary at {at_text(after, plan)} (stage {stage_label(after, plan)})",
             summary,
         )
     return transition(before, after, t, trigger, summary, verdicts, alert)
