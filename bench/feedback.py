@@ -63,7 +63,7 @@ def micro() -> dict[str, float]:
 
     def stamp_all() -> None:
         for outcome in outcomes:
-            endpoint.stamp(outcome, CIMultiDict(), None)
+            endpoint.stamp(outcome, CIMultiDict(), {})
 
     def best(statement: Any, number: int = 20_000) -> float:
         return min(timeit.repeat(statement, number=number, repeat=5)) / number * 1e6

@@ -49,15 +49,14 @@ class WindowSource(MetricSource):
     """The rules' MetricSource over the evidence at one wall-clock time; one snapshot per
     (role, window, same_weight, late) per evaluation. Rules keep their own (monotonic) time for `for:`.
     `weight_since` is the wall-clock time the weight in force took effect, None when unknown.
-    Late metrics (feedback) are read over windows ending `feedback_settle` seconds before `wall`
-    (core/rules.py); None: the evidence's (`Evidence.feedback_settle`, `rollout.feedback_settle`)."""
+    Late metrics (feedback) are read over windows ending the evidence's `feedback_settle` seconds
+    before `wall` (core/rules.py)."""
 
-    def __init__(self, evidence: Evidence, wall: float, weight_since: float | None = None,
-                 feedback_settle: float | None = None) -> None:
+    def __init__(self, evidence: Evidence, wall: float, weight_since: float | None = None) -> None:
         self._evidence = evidence
         self._wall = wall
         self._weight_since = weight_since
-        self.late_by = evidence.feedback_settle if feedback_settle is None else feedback_settle
+        self.late_by = evidence.feedback_settle  # MetricSource.late_by: where late windows end
         self._snapshots: dict[tuple[Role, float, bool, bool], WindowSnapshot] = {}
 
     def metric(self, role: Role, name: str, window: float, t: float, same_weight: bool = False) -> MetricValue:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -87,7 +87,7 @@ class FeedbackEndpoint:
 
     # --- every proxied response ------------------------------------------------------------
 
-    def stamp(self, outcome: Outcome, headers: CIMultiDict[str], origin: str | None) -> None:
+    def stamp(self, outcome: Outcome, headers: CIMultiDict[str], request_headers: Mapping[str, str]) -> None:
         # The id the client sees: ours, or the upstream's own X-Request-Id when it set one (then
         # that is what a client quotes back).
         request_id = headers.get(X_REQUEST_ID)
@@ -97,6 +97,9 @@ class FeedbackEndpoint:
                                                 outcome.key_hash)
         if self.request_ids is not None:
             self.request_ids.remember(request_id, outcome.role, outcome.weight, outcome.routed_at, outcome.key_hash)
+        if not self._origins:
+            return  # no CORS: the request's Origin is not even looked up
+        origin = request_headers.get("Origin")
         if origin is not None and origin in self._origins:
             exposed = headers.get(_EXPOSE)
             headers[_EXPOSE] = f"{exposed}, {self._exposed}" if exposed else self._exposed

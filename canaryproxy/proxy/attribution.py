@@ -4,6 +4,7 @@ feedback endpoint signs the attribution of each one (canaryproxy/feedback/endpoi
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Protocol, TypeGuard
 
 from aiohttp import web
@@ -33,8 +34,9 @@ class FeedbackHook(Protocol):
 
     path: str
 
-    def stamp(self, outcome: Outcome, headers: CIMultiDict[str], origin: str | None) -> None:
-        """Add the attribution token (and CORS exposure) to a proxied response's headers."""
+    def stamp(self, outcome: Outcome, headers: CIMultiDict[str], request_headers: Mapping[str, str]) -> None:
+        """Add the attribution token (and CORS exposure, by the request's Origin) to a proxied
+        response's headers."""
         ...
 
     async def handle(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:

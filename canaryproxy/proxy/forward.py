@@ -344,7 +344,7 @@ class Forwarder:
         if X_REQUEST_ID not in headers:
             headers[X_REQUEST_ID] = outcome.request_id
         if self.feedback is not None:
-            self.feedback.stamp(outcome, headers, request.headers.get("Origin"))
+            self.feedback.stamp(outcome, headers, request.headers)
         inspector: Inspector | None = None
         if facts is not None and inspection is not None and self.inspection is not None:
             try:
