@@ -32,6 +32,7 @@ from canaryproxy.core.stages import Phase
 from canaryproxy.core.tally import DECLARED, LifetimeTally
 from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, Role, Status
 from canaryproxy.feedback.endpoint import FeedbackCounters
+from canaryproxy.proxy.shadow import ShadowSender
 
 # Bucket bounds, in the unit of each metric. Model calls range from tens of milliseconds
 # (embeddings) to minutes (long generations).
@@ -40,6 +41,8 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 LENGTH_BUCKETS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000)
 
 _ROLES = LIVE_ROLES
+# Totals are kept for the shadow too; /metrics shows it (version="shadow") when shadowing is on.
+_COUNTED_ROLES = (*LIVE_ROLES, Role.SHADOW)
 
 
 class _Histogram:
@@ -86,7 +89,7 @@ class Totals:
     """Lifetime totals per version. An OutcomeSink: O(1), never raises for a well-formed Outcome."""
 
     def __init__(self) -> None:
-        self.roles: dict[Role, _RoleTotals] = {role: _RoleTotals() for role in _ROLES}
+        self.roles: dict[Role, _RoleTotals] = {role: _RoleTotals() for role in _COUNTED_ROLES}
 
     def record(self, outcome: Outcome) -> None:
         totals = self.roles[outcome.role]
@@ -113,9 +116,11 @@ class Exporter(Collector):
         rollout: Callable[[], Readout] | None = None,
         retries: Callable[[], Mapping[Role, Mapping[str, int]]] | None = None,
         feedback: FeedbackCounters | None = None,
+        shadow: ShadowSender | None = None,
     ) -> None:
         self._totals = totals
         self._feedback = feedback
+        self._shadow = shadow
         self._weight = weight
         self._rollout = rollout
         self._retries = retries
@@ -126,9 +131,11 @@ class Exporter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = _traffic_families()
-        for role in _ROLES:
+        for role in _ROLES if self._shadow is None else _COUNTED_ROLES:
             _add_version(families, role.value, self._totals.roles[role])
         yield from families.values()
+        if self._shadow is not None:
+            yield from shadow_families(self._shadow)
         if self._retries is not None:
             yield retry_family(self._retries())
         yield GaugeMetricFamily(
@@ -138,6 +145,27 @@ class Exporter(Collector):
             yield from rollout_families(self._rollout())
         if self._feedback is not None:
             yield from feedback_families(self._feedback)
+
+
+def shadow_families(sender: ShadowSender) -> Iterator[Metric]:
+    """The shadow copies of this process. Their answers are counted as version="shadow" in the
+    traffic families (cost included): never as the canary's or stable's."""
+    counters = sender.counters
+    yield CounterMetricFamily("canaryproxy_shadow_copies", "Requests copied to the canary in the shadow.",
+                              value=counters.sent)
+    yield CounterMetricFamily("canaryproxy_shadow_pairs", "Shadow copies compared with the user's answer.",
+                              value=counters.paired)
+    dropped = CounterMetricFamily(
+        "canaryproxy_shadow_dropped", "Shadow copies not sent or not compared, by reason (busy: the "
+        "canary fell behind; streamed_body; too_large; client_gone; shutdown).", labels=["reason"])
+    for reason, count in (counters.dropped or {}).items():
+        dropped.add_metric([reason], count)
+    yield dropped
+    yield CounterMetricFamily("canaryproxy_shadow_texts_compared", "Pairs whose two texts were compared.",
+                              value=counters.compared_texts)
+    yield CounterMetricFamily("canaryproxy_shadow_same_text", "Pairs whose texts are equal after normalisation.",
+                              value=counters.same_text)
+    yield GaugeMetricFamily("canaryproxy_shadow_in_flight", "Shadow copies running now.", value=sender.in_flight)
 
 
 def feedback_families(counters: FeedbackCounters) -> Iterator[Metric]:

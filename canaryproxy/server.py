@@ -40,7 +40,8 @@ from canaryproxy.control.follower import Follower
 from canaryproxy.core.judge import DEFAULT_FEEDBACK_SETTLE, Judge
 from canaryproxy.core.rules import RuleEngine
 from canaryproxy.core.splitter import Splitter
-from canaryproxy.core.types import FanOutSink, Feedback, FeedbackSink, OutcomeSink
+from canaryproxy.core.stages import Plan, RolloutState, shadow_share
+from canaryproxy.core.types import DiscardPairs, FanOutSink, Feedback, FeedbackSink, OutcomeSink
 from canaryproxy.core.window import Windows
 from canaryproxy.errors import StartupError
 from canaryproxy.exporter import Exporter, Totals
@@ -51,6 +52,7 @@ from canaryproxy.proxy.edge import EdgeServer
 from canaryproxy.proxy.forward import Forwarder
 from canaryproxy.proxy.headers import TrustedProxies
 from canaryproxy.proxy.routing import Router
+from canaryproxy.proxy.shadow import ShadowSender
 
 log = logging.getLogger("canaryproxy")
 
@@ -77,6 +79,7 @@ class DataPlane:
     forwarder: Forwarder
     totals: Totals
     feedback: FeedbackEndpoint | None = None  # None: feedback is off
+    shadow: ShadowSender | None = None  # None: the plan has no shadow stage
 
 
 def build_feedback(config: Config, trusted: TrustedProxies, clock: Clock,
@@ -109,11 +112,20 @@ def build_data_plane(config: Config, feed: OutcomeFeed, clock: Clock,
     sinks: list[OutcomeSink] = [totals, feed]
     if extra_sink is not None:
         sinks.append(extra_sink)
+    shadow = None
+    if settings.shadows(config):
+        # Its answers go to the totals (version "shadow"), never to the feed: only their pairs
+        # reach the evidence (`pairs` is set by build_control_plane).
+        shadow_sinks = [totals] + ([extra_sink] if extra_sink is not None else [])
+        shadow = ShadowSender(settings.shadow_exchange(config), config.shadow.to_settings(),
+                              config.inspection_settings(), FanOutSink(*shadow_sinks), DiscardPairs(),
+                              now=clock.monotonic, wall=clock.wall)
     forwarder = Forwarder(
         settings.proxy_settings(config), router, trusted, FanOutSink(*sinks),
         inspection=config.inspection_settings(), now=clock.monotonic, wall=clock.wall, feedback=feedback,
+        shadow=shadow,
     )
-    return DataPlane(splitter, router, forwarder, totals, feedback)
+    return DataPlane(splitter, router, forwarder, totals, feedback, shadow)
 
 
 @dataclass(slots=True)
@@ -139,6 +151,8 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
                         feedback_settle=config.rollout.feedback_settle if config.rollout else DEFAULT_FEEDBACK_SETTLE)
     if feed is not None:
         feed.subscribe(evidence)
+    if data.shadow is not None:
+        data.shadow.pairs = shared.feed if shared is not None else evidence
     if data.feedback is not None:
         # One process: straight into the evidence. Several: into the shared log, from which
         # every process's evidence (the leader's among them) takes it once.
@@ -153,11 +167,15 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
         store = shared.store if shared is not None else settings.rollout_store(config)
         leadership = shared.leadership if shared is not None else SoleLeadership()
         follower = Follower(store, data.splitter.set_weight, clock.monotonic,
-                            grace=shared.grace if shared is not None else 30.0)
+                            grace=shared.grace if shared is not None else 30.0,
+                            apply_shadow=_shadow_share_of(rollout.plan, data.splitter) if data.shadow else None)
         controller = Controller(
             rollout.plan, RuleEngine(rollout.rules), evidence, store, leadership, follower,
             alerter, DecisionRecord(), clock, rollout.evaluate_every, autostart=rollout.autostart,
+            shadow_tolerance=config.shadow.tolerance, shadow_negligible=config.shadow.negligible,
         )
+        if data.shadow is not None:
+            controller.shadow_local = data.shadow.view
         if shared is not None:
             replication.join(shared, evidence, controller, clock)
             audit.publish = lambda entry: shared.history.publish("audit", entry)
@@ -166,13 +184,21 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
     registry.register(Exporter(data.totals, lambda: data.splitter.weight,
                                controller.readout if controller is not None else None,
                                retries=lambda: {role: e.retries for role, e in exchanges.items()},
-                               feedback=data.feedback.counters if data.feedback is not None else None))
+                               feedback=data.feedback.counters if data.feedback is not None else None,
+                               shadow=data.shadow))
     admin = AdminAPI(
         controller, registry, is_ready, lambda: data.splitter.weight, data.splitter.set_weight,
         config.admin.token, audit, evidence.windows, clock,
         ListenerNames(config.admin.listen[0], config.admin.allowed_hosts),
     )
     return ControlPlane(evidence, follower, controller, alerter, admin, registry)
+
+
+def _shadow_share_of(plan: Plan, splitter: Splitter) -> Callable[[RolloutState | None], None]:
+    """Puts a stored state's shadow share in force (None: the store is away too long: no copies)."""
+    def apply(state: RolloutState | None) -> None:
+        splitter.set_shadow(0.0 if state is None else shadow_share(state, plan))
+    return apply
 
 
 class CanaryProxy:

@@ -20,6 +20,7 @@ from canaryproxy.core.rules import Rule
 from canaryproxy.core.stages import Plan
 from canaryproxy.core.types import Role
 from canaryproxy.core.window import WindowConfig
+from canaryproxy.proxy.exchange import Deadlines, Exchange
 from canaryproxy.proxy.forward import ProxySettings
 
 
@@ -39,6 +40,20 @@ def proxy_settings(config: Config) -> ProxySettings:
         access_log=config.access_log,
         identity_encoding=config.inspection.identity_encoding,
     )
+
+
+def shadows(config: Config) -> bool:
+    """Whether the plan has shadow stages (the data plane then gets a shadow sender)."""
+    return config.rollout is not None and any(s.shadow is not None for s in config.rollout.stages)
+
+
+def shadow_exchange(config: Config) -> Exchange:
+    """The canary's pool for shadow copies: apart from the live one, so a canary slow on copies
+    never takes the connections users wait for; the live deadlines, so a failure means the same;
+    never a retry."""
+    t = config.timeouts
+    return Exchange(Role.SHADOW, config.upstreams.canary, Deadlines(t.connect, t.first_byte, t.idle),
+                    connections=config.shadow.max_in_flight, keepalive=config.upstreams.keepalive, retry=False)
 
 
 def window_config(config: Config) -> WindowConfig:

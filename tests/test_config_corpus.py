@@ -179,12 +179,25 @@ def test_a_directory_that_exists_or_can_be_made_passes_and_check_config_leaves_n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]
 
 
-def test_a_well_formed_shadow_stage_is_refused_until_the_proxy_sends_shadow_traffic(tmp_path, capsys):
+def test_a_well_formed_shadow_stage_passes(tmp_path, capsys):
     path = tmp_path / "shadow.yaml"
     stages = "[{shadow: 20, hold: 10m}, {weight: 5, hold: 10m}, {weight: 100, hold: 1m}]"
-    path.write_text(UPSTREAMS + f"rollout:\n  stages: {stages}\n")
-    assert main(["check-config", str(path)]) != 0
-    assert "shadow stages are not available in this version yet" in capsys.readouterr().err
+    path.write_text(UPSTREAMS + f"rollout:\n  stages: {stages}\nshadow: {{max_in_flight: 8}}\n")
+    assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section, fragment", [
+    ("{max_in_flight: 0}", "shadow.max_in_flight"),
+    ("{max_response_bytes: 12}", "shadow.max_response_bytes"),
+    ("{tolerance: 1.0}", "shadow.tolerance"),
+    ("{negligible: 2}", "shadow.negligible"),
+    ("{keep_output: true}", "shadow.keep_output"),
+])
+def test_a_bad_shadow_section_names_its_field(tmp_path, capsys, section, fragment):
+    path = tmp_path / "shadow.yaml"
+    path.write_text(UPSTREAMS + f"shadow: {section}\n")
+    assert main(["check-config", str(path)]) == 2
+    assert fragment in capsys.readouterr().err
 
 
 def test_a_key_a_merge_brings_may_be_overridden(tmp_path, capsys):

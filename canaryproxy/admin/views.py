@@ -9,7 +9,7 @@ from typing import Any
 
 from canaryproxy.control.controller import Controller
 from canaryproxy.control.decisions import verdict_record
-from canaryproxy.core.stages import Phase, StepInputs, explain
+from canaryproxy.core.stages import Phase, StepInputs, explain, shadow_share
 from canaryproxy.core.types import LIVE_ROLES
 
 # What the dashboard charts, per version: GET /admin/series.
@@ -43,10 +43,12 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
             "hold": stage.hold,
             "elapsed": elapsed if progressing else state.stage_elapsed,
             "hold_left": max(0.0, stage.hold - elapsed) if progressing else None,
-            "requests": state.stage_requests + (evidence.pending_canary_requests if progressing else 0),
+            "requests": state.stage_requests + (_pending(controller) if progressing else 0),
             "min_requests": plan.min_requests,
+            "shadow": stage.shadow or None,  # a shadow stage: percent copied; `requests` are pairs
         },
-        "plan": [{"weight": s.weight, "hold": s.hold} for s in plan.stages],
+        "plan": [{"weight": s.weight, "hold": s.hold, **({"shadow": s.shadow} if s.is_shadow else {})}
+                 for s in plan.stages],
         "explain": explain(state, plan, StepInputs(controller.verdicts), t),
         "window": window,
         "versions": versions,
@@ -61,6 +63,29 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
         "evaluate_every": controller.evaluate_every,
         "state_store": controller.store.describe(),
         "coordination": controller.peers() if controller.peers is not None else {"backend": "local"},
+        "shadow": shadow_view(controller) if any(s.is_shadow for s in plan.stages) else None,
+    }
+
+
+def _pending(controller: Controller) -> int:
+    evidence = controller.evidence
+    return evidence.pending_pairs if controller.plan.is_shadow(controller.state) else evidence.pending_canary_requests
+
+
+def shadow_view(controller: Controller) -> dict[str, Any]:
+    """The shadow panel: the pairs (every process's, through the evidence), the paired tests, and
+    what this process's data plane did with its copies (`controller.shadow_local`)."""
+    judge, evidence, state, plan = controller.judge, controller.evidence, controller.state, controller.plan
+    return {
+        "share": shadow_share(state, plan),  # percent copied now (0 outside a progressing shadow stage)
+        "in_stage": plan.is_shadow(state),
+        "tolerance": controller.shadow_tolerance,
+        "negligible": controller.shadow_negligible,
+        "no_worse": judge is not None and judge.shadow_no_worse(controller.shadow_tolerance,
+                                                                controller.shadow_negligible),
+        "pairs": evidence.pairs.summary(),
+        "tests": judge.shadow_summary() if judge is not None else None,
+        "this_process": controller.shadow_local() if controller.shadow_local is not None else None,
     }
 
 

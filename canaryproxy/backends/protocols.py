@@ -31,7 +31,7 @@ from typing import Protocol
 
 from canaryproxy.core.evidence_events import EvidenceEvent
 from canaryproxy.core.stages import RolloutState
-from canaryproxy.core.types import Feedback, Observed
+from canaryproxy.core.types import Feedback, Observed, ShadowPair
 
 
 class RolloutStore(Protocol):
@@ -90,13 +90,14 @@ Position = str  # where in the shared outcome log; "0-0" is before the first ent
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One entry of the shared outcome log: a batch of records, the feedback accepted meanwhile,
-    then the events published after."""
+    """One entry of the shared outcome log: a batch of records, the feedback accepted and the
+    shadow pairs compared meanwhile, then the events published after."""
 
     position: Position
     records: Sequence[Observed]
     events: Sequence[EvidenceEvent]
     feedback: Sequence[Feedback] = ()
+    pairs: Sequence[ShadowPair] = ()
 
 
 class OutcomeLog(Protocol):

@@ -36,8 +36,8 @@ from canaryproxy.aio import cancel_and_wait
 from canaryproxy.backends.redis import RedisSpace
 from canaryproxy.backends.protocols import Entry, Position
 from canaryproxy.core.evidence_events import EvidenceEvent, event_from_dict
-from canaryproxy.core.observation import decode_all, encode
-from canaryproxy.core.types import Feedback, FeedbackKind, Observed, Role
+from canaryproxy.core.observation import decode_all, decode_pairs, encode, encode_pair
+from canaryproxy.core.types import Feedback, FeedbackKind, Observed, Role, ShadowPair
 from canaryproxy.errors import StateError
 
 log = logging.getLogger("canaryproxy.redis")
@@ -56,6 +56,7 @@ class RedisOutcomeFeed:
         self._batch: list[bytes] = []
         self._events: list[dict[str, Any]] = []
         self._feedback: list[dict[str, Any]] = []
+        self._pairs: list[bytes] = []
         self.published = 0  # records sent to Redis
         self.dropped = 0  # records dropped because the buffer was full
         self.failed_flushes = 0
@@ -77,6 +78,13 @@ class RedisOutcomeFeed:
         self._feedback.append(feedback_to_dict(feedback))
         return True
 
+    def record_pair(self, pair: ShadowPair) -> None:
+        """Publish one shadow pair (dropped, counted, when the buffer is full)."""
+        if len(self._pairs) >= self.max_buffered:
+            self.dropped += 1
+            return
+        self._pairs.append(encode_pair(pair))
+
     def announce(self, event: EvidenceEvent) -> None:
         """Publish an evidence event behind every record published before it."""
         self._events.append(event.to_dict())
@@ -95,8 +103,9 @@ class RedisOutcomeFeed:
 
     async def flush(self) -> bool:
         """Send the batch as one entry. False (the batch kept) when Redis refused it."""
-        if not self._batch and not self._events and not self._feedback:
+        if not self._batch and not self._events and not self._feedback and not self._pairs:
             return True
+        pairs, self._pairs = self._pairs, []
         batch, self._batch = self._batch, []
         events, self._events = self._events, []
         feedback, self._feedback = self._feedback, []
@@ -104,6 +113,8 @@ class RedisOutcomeFeed:
         fields: dict[str, str | bytes] = {"r": self.replica, "b": b"".join(batch)}
         if feedback:
             fields["f"] = json.dumps(feedback)
+        if pairs:
+            fields["p"] = b"".join(pairs)
         if events:
             fields["e"] = json.dumps(events)
         try:
@@ -112,6 +123,7 @@ class RedisOutcomeFeed:
         except (RedisError, OSError) as exc:
             self._events = events + self._events  # events are few and must not be lost
             self._feedback = (feedback + self._feedback)[-self.max_buffered:]  # the newest are kept
+            self._pairs = (pairs + self._pairs)[-self.max_buffered:]
             self.failed_flushes += 1
             if self.failed_flushes == 1 or self.failed_flushes % 100 == 0:
                 log.warning("cannot publish %d outcomes to %s (%s); keeping them, up to %d",
@@ -178,10 +190,11 @@ def _decode_entry(position: Position, fields: Mapping[bytes, bytes]) -> Entry | 
         records = decode_all(fields.get(b"b", b""))
         events = [event_from_dict(e) for e in json.loads(fields[b"e"])] if b"e" in fields else []
         feedback = [feedback_from_dict(f) for f in json.loads(fields[b"f"])] if b"f" in fields else []
+        pairs = decode_pairs(fields[b"p"]) if b"p" in fields else []
     except (ValueError, TypeError, KeyError) as exc:
         log.error("skipping an unreadable outcome batch %s: %s", position, exc)
         return None
-    return Entry(position, records, events, feedback)
+    return Entry(position, records, events, feedback, pairs)
 
 
 def feedback_to_dict(feedback: Feedback) -> dict[str, Any]:

@@ -60,10 +60,6 @@ class RuleConfig(Strict):
                     self.min_samples)
 
 
-# Whether the data plane sends shadow copies of requests (the shadow stage's traffic): not yet.
-SHADOW_TRAFFIC = False
-
-
 class StageConfig(Strict):
     """A live stage, `{weight: 5, hold: 10m}`, or a shadow stage, `{shadow: 20, hold: 10m}`: 20% of
     the requests also sent to the canary, whose answers no user sees (core/stages)."""
@@ -175,13 +171,6 @@ class RolloutConfig(Strict):
             raise ValueError(
                 "shadow stages need the judge (rollout.judge.enabled: true): only its paired tests can "
                 "show the canary no worse in a shadow stage"
-            )
-        if any(s.shadow is not None for s in self.stages) and not SHADOW_TRAFFIC:
-            # The stage machine and the judge know shadow stages; the data plane does not yet send
-            # the shadow copies, so such a stage could only wait for pairs and pause.
-            raise ValueError(
-                "shadow stages are not available in this version yet: the proxy does not send "
-                "shadow traffic to the canary; start the plan with a live stage ({weight: N, hold: ...})"
             )
         names = [r.name for r in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -15,6 +15,7 @@ from canaryproxy.config.fields import Listen, Strict, is_loopback
 from canaryproxy.config.inspection import InspectionConfig, PricingConfig, build_inspection_settings
 from canaryproxy.config.operations import AlertsConfig, StateConfig, WindowsConfig
 from canaryproxy.config.rollout import RolloutConfig
+from canaryproxy.config.shadow import ShadowConfig
 from canaryproxy.core.units import format_duration
 from canaryproxy.config.serving import AdminConfig, LimitsConfig, RoutingConfig, TimeoutsConfig, UpstreamsConfig
 from canaryproxy.inspection.settings import InspectionSettings
@@ -38,6 +39,7 @@ class Config(Strict):
     inspection: InspectionConfig = InspectionConfig()
     pricing: PricingConfig = PricingConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
     _inspection_settings: InspectionSettings | None = PrivateAttr(default=None)
 

@@ -85,12 +85,16 @@ class Controller:
         self, plan: Plan, rules: RuleEngine, evidence: Evidence, store: RolloutStore,
         leadership: Leadership, follower: Follower, alerter: Alerter, decisions: DecisionRecord,
         clock: Clock, evaluate_every: float, autostart: bool = True,
+        shadow_tolerance: float = 1.5, shadow_negligible: float = 0.01,
     ) -> None:
         self.plan, self.rules, self.evidence = plan, rules, evidence
         self.store, self.leadership, self.follower = store, leadership, follower
         self.alerter, self.decisions, self.clock = alerter, decisions, clock
         self.evaluate_every = evaluate_every
         self.autostart = autostart
+        # A shadow stage advances once the paired tests show the canary no worse than this
+        # (discordant odds, or worse in at most `shadow_negligible` more of the pairs).
+        self.shadow_tolerance, self.shadow_negligible = shadow_tolerance, shadow_negligible
         self.verdicts: list[Verdict] = []
         self.rollbacks = 0
         self.evaluations = 0
@@ -103,6 +107,8 @@ class Controller:
         self._weight_since: float | None = None
         # The status view's `coordination` part, when several processes share the rollout.
         self.peers: Callable[[], dict[str, Any]] | None = None
+        # The status view's account of this process's shadow copies, when the plan has shadow stages.
+        self.shadow_local: Callable[[], dict[str, Any]] | None = None
 
     @property
     def state(self) -> RolloutState:
@@ -197,13 +203,8 @@ class Controller:
         self.evaluations += 1
         before = self.state
         self._note_weight(before.weight, wall)
-        verdicts = self.rules.evaluate(WindowSource(self.evidence, wall, self._weight_since), t,
-                                       stable_in_service=before.weight < 100)
-        verdicts += self.evidence.judge_verdicts(wall)
-        judge = self.evidence.judge
-        no_worse = bool(self.plan.early_promotion and judge is not None and judge.no_worse(1.0))
-        inputs = StepInputs(verdicts, new_canary_requests=self.evidence.take_canary_requests(),
-                            no_worse=no_worse)
+        verdicts, inputs = (self._shadow_inputs(wall) if self.plan.is_shadow(before)
+                            else self._live_inputs(before, t, wall))
         previous = {v.source: v.status for v in self.verdicts}
         self.verdicts = verdicts
         state, actions = step(before, self.plan, inputs, t)
@@ -214,6 +215,27 @@ class Controller:
             await self._reload_or_fail_safe(t)  # dropped: the next evaluation starts from the store
         self._note_weight(self.state.weight, wall)
         return verdicts
+
+    def _live_inputs(self, before: RolloutState, t: float, wall: float) -> tuple[list[Verdict], StepInputs]:
+        verdicts = self.rules.evaluate(WindowSource(self.evidence, wall, self._weight_since), t,
+                                       stable_in_service=before.weight < 100)
+        verdicts += self.evidence.judge_verdicts(wall)
+        judge = self.evidence.judge
+        no_worse = bool(self.plan.early_promotion and judge is not None and judge.no_worse(1.0))
+        self.evidence.take_pairs()  # pairs of a shadow stage that ended: counted there
+        return verdicts, StepInputs(verdicts, new_canary_requests=self.evidence.take_canary_requests(),
+                                    no_worse=no_worse)
+
+    def _shadow_inputs(self, wall: float) -> tuple[list[Verdict], StepInputs]:
+        """A shadow stage is judged by the paired tests alone: no user is served by the canary, so
+        the operator rules (canary against stable, or a threshold on the canary) have nothing to
+        read; the judge's live tests see no canary request either."""
+        judge = self.evidence.judge
+        self.evidence.judge_verdicts(wall)  # fixes stable's latency baseline for the live stages
+        verdicts = judge.shadow_verdicts() if judge is not None else []
+        no_worse = judge is not None and judge.shadow_no_worse(self.shadow_tolerance, self.shadow_negligible)
+        return verdicts, StepInputs(verdicts, new_canary_requests=self.evidence.take_canary_requests(),
+                                    new_pairs=self.evidence.take_pairs(), shadow_no_worse=no_worse)
 
     def _note_weight(self, weight: float, wall: float) -> None:
         """Remember when the weight in force changed (seen at an evaluation, whoever changed it)."""

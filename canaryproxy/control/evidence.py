@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from canaryproxy.core.evidence_events import EvidenceEvent, LatencyBaseline, Restart
 from canaryproxy.core.judge import DEFAULT_FEEDBACK_SETTLE, Judge
 from canaryproxy.core.snapshot import WindowSnapshot
-from canaryproxy.core.types import Feedback, Observed, Role, Verdict
+from canaryproxy.core.pair_tally import PairTally
+from canaryproxy.core.types import Feedback, Observed, Role, ShadowPair, Verdict
 from canaryproxy.core.window import Windows
 
 log = logging.getLogger("canaryproxy.controller")
@@ -41,7 +42,8 @@ LATENCY_BASELINE_MIN_REQUESTS = 100
 class Evidence:
     """An `ObservedSink` and `FeedbackSink`: windows + judge + the canary request count."""
 
-    __slots__ = ("windows", "judge", "feedback_settle", "announce", "_canary_requests", "_baseline_needed")
+    __slots__ = ("windows", "judge", "feedback_settle", "announce", "pairs", "_canary_requests", "_new_pairs",
+                 "_baseline_needed")
 
     def __init__(self, windows: Windows, judge: Judge | None,
                  feedback_settle: float = DEFAULT_FEEDBACK_SETTLE) -> None:
@@ -55,6 +57,8 @@ class Evidence:
         # Where events go; replaced by the shared feed's when several processes share the evidence.
         self.announce: Callable[[EvidenceEvent], None] = self.apply
         self._canary_requests = 0  # canary requests that count for the version, since taken
+        self.pairs = PairTally()  # the shadow's pairs since the rollout (re)started, described
+        self._new_pairs = 0  # shadow pairs since taken (a shadow stage's progress)
         self._baseline_needed = judge is not None
 
     def record(self, outcome: Observed) -> None:
@@ -65,17 +69,38 @@ class Evidence:
         if self.judge is not None:
             self.judge.observe(outcome)
 
-    def replay(self, records: Sequence[Observed], feedback: Sequence[Feedback] = ()) -> None:
-        """Records (and feedback) the judge's restored state already covers: into the windows,
-        and through the judge's per-key caps only (so a user is capped across the checkpoint)."""
+    def replay(self, records: Sequence[Observed], feedback: Sequence[Feedback] = (),
+               pairs: Sequence[ShadowPair] = ()) -> None:
+        """Records (and feedback, pairs) the judge's restored state already covers: into the
+        windows (and the pairs' description), and through the judge's per-key caps only (so a
+        user is capped across the checkpoint; the paired tests' caps, like the judge's, are not
+        saved and start afresh)."""
         windows = self.windows
         for record in records:
             windows.record(record, record.routed_at + record.latency)
         for verdict in feedback:
             windows.record_feedback(verdict, verdict.routed_at)
+        for pair in pairs:
+            windows.record(pair.shadow, pair.shadow.routed_at + pair.shadow.latency)
+            self.pairs.take(pair)
         if self.judge is not None:
             self.judge.prime_key_caps(records)
             self.judge.prime_feedback_caps(feedback)
+
+    def record_pair(self, pair: ShadowPair) -> None:
+        """Take in one shadow pair: the canary's answer into the shadow's window (at the second it
+        finished), the pair into the judge's paired tests and the shadow's description."""
+        shadow = pair.shadow
+        self.windows.record(shadow, shadow.routed_at + shadow.latency)
+        self.pairs.take(pair)
+        self._new_pairs += 1
+        if self.judge is not None:
+            self.judge.observe_pair(pair)
+
+    def take_pairs(self) -> int:
+        """Shadow pairs since the last call (a shadow stage's progress toward `min_requests`)."""
+        taken, self._new_pairs = self._new_pairs, 0
+        return taken
 
     def record_feedback(self, feedback: Feedback) -> None:
         """Take in one feedback record: into the windows in the second its request was routed (it
@@ -95,6 +120,10 @@ class Evidence:
     def pending_canary_requests(self) -> int:
         return self._canary_requests
 
+    @property
+    def pending_pairs(self) -> int:
+        return self._new_pairs
+
     def judge_verdicts(self, wall: float) -> list[Verdict]:
         """The judge's verdicts, once stable's latency baseline is fixed if it can be."""
         if self.judge is None:
@@ -110,12 +139,15 @@ class Evidence:
     def discard_canary_requests(self) -> None:
         """Forget the pending count: a new leader's stored state already holds its predecessor's."""
         self._canary_requests = 0
+        self._new_pairs = 0
 
     def restart(self) -> None:
         """A new rollout starts (announced, so that every process's judge forgets at one point)."""
         self.announce(Restart())
 
     def apply(self, event: EvidenceEvent) -> None:
+        if isinstance(event, Restart):
+            self.pairs = PairTally()
         if self.judge is None:
             return
         if isinstance(event, Restart):

@@ -14,6 +14,9 @@ A shared store can go away. The follower then keeps the weight in force for `gra
 short blip changes nothing users see), and after that puts the canary at 0 — fail safe: this
 process can no longer learn of a rollback — until the watch delivers again, when the stored state
 is put back in force. Stable traffic never waits for the store either way.
+
+In a shadow stage the stored state also says what share of the requests is copied to the canary
+(`apply_shadow`, given the state; None when the store is away too long: no copies either).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ RETRY_AFTER = 0.5  # seconds between attempts to watch a store that is away
 
 class Follower:
     def __init__(self, store: RolloutStore, apply_weight: Callable[[float], None],
-                 monotonic: Callable[[], float], grace: float = 30.0) -> None:
+                 monotonic: Callable[[], float], grace: float = 30.0,
+                 apply_shadow: Callable[[RolloutState | None], None] | None = None) -> None:
         self.store = store
         self._apply_weight = apply_weight
+        self._apply_shadow = apply_shadow
         self._monotonic = monotonic
         self.grace = grace
         self.state: RolloutState | None = None  # the state in force here, None before the first
@@ -60,8 +65,11 @@ class Follower:
         if state.last_t is None:
             state = rebase(state, self._monotonic())
         self.state = state
-        if not self.fail_safe and (current is None or current.weight != state.weight):
-            self._apply_weight(state.weight)
+        if not self.fail_safe:
+            if current is None or current.weight != state.weight:
+                self._apply_weight(state.weight)
+            if self._apply_shadow is not None:
+                self._apply_shadow(state)
         return True
 
     async def start(self) -> None:
@@ -101,6 +109,8 @@ class Follower:
             self.fail_safe = False
             if self.state is not None:
                 self._apply_weight(self.state.weight)
+                if self._apply_shadow is not None:
+                    self._apply_shadow(self.state)
                 log.warning("canary weight back to the stored %g%%", self.state.weight)
 
     def _grace_over(self) -> None:
@@ -111,6 +121,8 @@ class Follower:
         self.fail_safe = True
         self.fail_safes += 1
         self._apply_weight(0.0)
+        if self._apply_shadow is not None:
+            self._apply_shadow(None)
         log.error("the rollout store has been unreachable for %gs: canary weight set to 0 until it "
                   "answers again", self.grace)
 

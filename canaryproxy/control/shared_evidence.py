@@ -122,10 +122,12 @@ class SharedEvidence:
             for feedback in entry.feedback:
                 evidence.record_feedback(feedback)
                 self.feedback_taken += 1
+            for pair in entry.pairs:
+                evidence.record_pair(pair)
             for event in entry.events:
                 evidence.apply(event)
             return
-        evidence.replay(entry.records, entry.feedback)  # covered by the checkpoint
+        evidence.replay(entry.records, entry.feedback, entry.pairs)  # covered by the checkpoint
         self.feedback_taken += len(entry.feedback)
 
     def _on_caught_up(self) -> None:

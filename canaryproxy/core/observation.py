@@ -17,7 +17,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from canaryproxy.core.types import ErrorKind, Observed, Role
+from canaryproxy.core.types import ErrorKind, Observed, Role, ShadowPair
 
 _ROLES = tuple(Role)
 _ROLE_CODE = {role: i for i, role in enumerate(_ROLES)}
@@ -116,6 +116,32 @@ def decode_all(data: bytes | memoryview) -> list[Observation]:
         observation, offset = decode(data, offset)
         observations.append(observation)
     return observations
+
+
+# A shadow pair: whether the texts were the same (-1: not compared), their overlap (NaN: not
+# compared), then stable's observation and the shadow's, back to back.
+_PAIR = struct.Struct("<bd")
+
+
+def encode_pair(pair: ShadowPair) -> bytes:
+    same = -1 if pair.same_text is None else int(pair.same_text)
+    overlap = _NAN if pair.text_overlap is None else pair.text_overlap
+    return _PAIR.pack(same, overlap) + encode(pair.stable) + encode(pair.shadow)
+
+
+def decode_pairs(data: bytes | memoryview) -> list[ShadowPair]:
+    """Every pair of a batch (pairs encoded back to back). ValueError for bytes that are not."""
+    pairs, offset = [], 0
+    while offset < len(data):
+        try:
+            same, overlap = _PAIR.unpack_from(data, offset)
+        except struct.error as exc:
+            raise ValueError(f"not an encoded shadow pair at offset {offset}: {exc}") from None
+        stable, offset = decode(data, offset + _PAIR.size)
+        shadow, offset = decode(data, offset)
+        pairs.append(ShadowPair(stable, shadow, same_text=None if same < 0 else bool(same),
+                                text_overlap=None if math.isnan(overlap) else overlap, key_hash=stable.key_hash))
+    return pairs
 
 
 def _count(value: int | None) -> int:

@@ -7,6 +7,10 @@ canary and never back: a user who saw the canary keeps seeing it. Weight 0 sends
 stable, 100 every key to the canary. Requests without a key are split at random with the same
 probability.
 
+In a shadow stage a share of the requests is also copied to the canary (`shadowed`): by the same
+buckets, so a user's requests are all compared or none are, and the users compared in the shadow
+are the first the canary serves once its weight rises. Without a key, at random.
+
 The hash is BLAKE2b (8-byte digest): stable across processes, machines and Python versions (unlike
 `hash()`), fast in C, and uniform enough that 100,000 keys land within 0.3% of the weight.
 """
@@ -59,10 +63,11 @@ class Splitter:
     the event loop, so a weight change is atomic with respect to requests.
     """
 
-    __slots__ = ("_canary_buckets", "_random")
+    __slots__ = ("_canary_buckets", "shadow_buckets", "_random")
 
     def __init__(self, weight: float = 0.0, rng: random.Random | None = None) -> None:
         self._canary_buckets = weight_to_buckets(weight)
+        self.shadow_buckets = 0  # read on every request: 0 (no shadow stage) costs one comparison
         self._random = (rng or random.Random()).random
 
     @property
@@ -71,6 +76,23 @@ class Splitter:
 
     def set_weight(self, weight: float) -> None:
         self._canary_buckets = weight_to_buckets(weight)
+
+    @property
+    def shadow(self) -> float:
+        """Percent of the requests copied to the canary in the shadow (0: none)."""
+        return self.shadow_buckets / _BUCKETS_PER_PERCENT
+
+    def set_shadow(self, share: float) -> None:
+        self.shadow_buckets = weight_to_buckets(share)
+
+    def shadowed(self, hash64: int | None) -> bool:
+        """Whether a request with this key hash is copied to the canary in the shadow."""
+        shadow_buckets = self.shadow_buckets
+        if shadow_buckets <= 0:
+            return False
+        if hash64 is None:
+            return self._random() * BUCKETS < shadow_buckets
+        return hash64 % BUCKETS < shadow_buckets
 
     def choose(self, hash64: int | None) -> Role:
         """The role for a key hash, or at random (same probability) when there is no key."""

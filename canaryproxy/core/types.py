@@ -252,6 +252,20 @@ class FeedbackSink(Protocol):
     def record_feedback(self, feedback: Feedback) -> None: ...
 
 
+class PairSink(Protocol):
+    """Receives every shadow pair (one request answered by stable and by the canary in the
+    shadow). On the event loop: O(1), never raises."""
+
+    def record_pair(self, pair: ShadowPair) -> None: ...
+
+
+class DiscardPairs:
+    __slots__ = ()
+
+    def record_pair(self, pair: ShadowPair) -> None:
+        return None
+
+
 class DiscardSink:
     __slots__ = ()
 

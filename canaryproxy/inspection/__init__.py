@@ -93,13 +93,15 @@ def inspector_for(
     role: Role,
     started: float,
     now: Callable[[], float],
+    share_text: bool = False,
 ) -> Inspector:
     """The inspector for one response, chosen by API and content type; it fills `inspection`.
 
     Records at once what the status and headers say (guardrail rules, the route, the model asked
     for). `response_headers` must look names up case-insensitively, as aiohttp's headers do.
     `started` is when the request arrived and `now()` reads the same monotonic clock: the time to
-    first token is measured between them. `role` picks the fallback price.
+    first token is measured between them. `role` picks the fallback price. `share_text` keeps
+    the answer's text in `inspection.text` (bounded by `max_schema_bytes`), for a shadow pair.
     """
     inspection.route = facts.api
     inspection.model = facts.model
@@ -114,10 +116,10 @@ def inspector_for(
         if not successful or read_event is None:
             return PASS_THROUGH
         drop = openai.is_usage_only_chunk if facts.usage_injected and facts.api in (CHAT, COMPLETIONS) else None
-        found = _findings(facts, settings, inspection, role, started, now)
+        found = _findings(facts, settings, inspection, role, started, now, share_text)
         return StreamInspector(read_event, found, facts, settings, drop)
     if media_type == "application/json" or media_type.endswith("+json"):
-        found = _findings(facts, settings, inspection, role, started, None)
+        found = _findings(facts, settings, inspection, role, started, None, share_text)
         if not successful:
             return BodyInspector(openai.error_body, found, facts, settings, record=False)
         return BodyInspector(
@@ -133,13 +135,15 @@ def _findings(
     role: Role,
     started: float,
     now: Callable[[], float] | None,
+    share_text: bool,
 ) -> Findings:
     return Findings(
         inspection,
         now,
         started=started,
         role=role,
-        keep_text=facts.output_schema is not None or facts.json_object or bool(settings.text_rules),
+        keep_text=share_text or facts.output_schema is not None or facts.json_object or bool(settings.text_rules),
+        share_text=share_text,
         keep_tool_arguments=bool(facts.tool_schemas),
         cap=settings.max_schema_bytes,
     )

@@ -70,6 +70,7 @@ class Findings:
         "started",
         "role",
         "_keep_text",
+        "share_text",
         "_keep_tool_arguments",
         "_cap",
         "output_chars",
@@ -99,6 +100,7 @@ class Findings:
         keep_text: bool,
         keep_tool_arguments: bool,
         cap: int,
+        share_text: bool = False,
     ) -> None:
         """`now` is None for a whole body: output that arrives all at once has no first-token time.
         `started` is when the request arrived, on the clock of `now`; `role` picks the fallback price."""
@@ -107,6 +109,7 @@ class Findings:
         self.started = started
         self.role = role
         self._keep_text = keep_text
+        self.share_text = share_text  # the text goes into the inspection too (a shadow pair's)
         self._keep_tool_arguments = keep_tool_arguments
         self._cap = cap
         self.output_chars = 0
@@ -241,8 +244,11 @@ def record(
             inspection.completion_tokens = inspection.estimated_tokens
     if checks:
         inspection.schema_ok, inspection.schema_skipped = _check_outputs(found, facts, settings.max_schema_bytes)
+    if found.share_text:
+        inspection.text = "".join(sink.text() for sink in found.texts.values())
     if settings.text_rules and found.texts:
-        record_text_rules(inspection, "".join(sink.text() for sink in found.texts.values()), settings)
+        text = inspection.text if found.share_text else "".join(sink.text() for sink in found.texts.values())
+        record_text_rules(inspection, text or "", settings)
 
 
 def _check_outputs(found: Findings, facts: RequestFacts, max_bytes: int) -> tuple[bool | None, bool]:

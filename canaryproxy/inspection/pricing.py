@@ -15,7 +15,8 @@ def price_for(table: PriceTable, response_model: str | None, request_model: str 
     for model in (response_model, request_model):
         if model is not None and (price := table.models.get(model)) is not None:
             return price
-    return table.roles.get(role)
+    # A shadow answer is the canary's, at the canary's price (reported apart: the exporter's role).
+    return table.roles.get(Role.CANARY if role is Role.SHADOW else role)
 
 
 def cost_usd(price: Price, prompt_tokens: int | None, completion_tokens: int | None) -> float:

@@ -37,6 +37,7 @@ class Inspection:
         "cost_usd",
         "inspect_error",
         "ended_early",
+        "text",
     )
 
     def __init__(self) -> None:
@@ -59,6 +60,9 @@ class Inspection:
         # The protocol's own verdict: the stream ended without its proper end ([DONE], a finish
         # reason, message_stop) or reported an error inside it. Transport failures are not in it.
         self.ended_early = False
+        # The answer's text, kept only when asked for (`inspector_for(share_text=True)`): a shadow
+        # pair compares the two texts. None otherwise.
+        self.text: str | None = None
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)

@@ -120,7 +120,8 @@ class Exchange:
     """One upstream and its keep-alive pool. `start()` inside the event loop before sending."""
 
     __slots__ = (
-        "role", "base", "deadlines", "retries", "_connections", "_keepalive", "_session", "_urls"
+        "role", "base", "deadlines", "retries", "_connections", "_keepalive", "_session", "_urls",
+        "_retry",
     )
 
     def __init__(
@@ -131,7 +132,9 @@ class Exchange:
         *,
         connections: int = 1000,
         keepalive: float = 4.0,
+        retry: bool = True,
     ) -> None:
+        """`retry` False: never send a request twice (a shadow copy: nobody waits for it)."""
         self.role = role  # named in error messages
         self.base = base_url.rstrip("/")
         self.deadlines = deadlines
@@ -141,6 +144,7 @@ class Exchange:
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        self._retry = retry
 
     async def start(self) -> None:
         d = self.deadlines
@@ -195,14 +199,14 @@ class Exchange:
             except aiohttp.ClientConnectorError:
                 # Refused at connect: no byte reached the upstream. A streamed body may have been
                 # consumed, so only a buffered one (or none) is sent again.
-                if not (body is None or isinstance(body, bytes)):
+                if not (self._retry and (body is None or isinstance(body, bytes))):
                     raise
                 self.retries[RETRY_CONNECT_REFUSED] += 1
                 response = await session.request(
                     method, url, headers=headers, data=body, allow_redirects=False, compress=None
                 )
             except _NoResponse as failure:
-                if not (failure.stale and replayable(method, headers, body)):
+                if not (self._retry and failure.stale and replayable(method, headers, body)):
                     raise
                 self.retries[RETRY_STALE_CONNECTION] += 1
                 log.debug("%s upstream %s closed a pooled connection under %s %s; sending it again",

@@ -66,16 +66,15 @@ from canaryproxy.proxy.headers import (
     upstream_request_headers,
 )
 from canaryproxy.proxy.relay import Relay
-from canaryproxy.proxy.responses import error_response
+from canaryproxy.proxy.responses import cut_short, error_response, upstream_failure
 from canaryproxy.proxy.routing import Router
+from canaryproxy.proxy.shadow import ShadowCall, ShadowSender
 
 log = logging.getLogger("canaryproxy.proxy")
 
 
 # What `OPTIONS *` answers: the methods the proxy forwards (any method reaches the upstream).
 _ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-
-_TIMEOUTS = frozenset({ErrorKind.CONNECT_TIMEOUT, ErrorKind.FIRST_BYTE_TIMEOUT})  # 504, not 502
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +95,6 @@ class ProxySettings:
     identity_encoding: bool = True
 
 
-def _cut_short(outcome: Outcome) -> bool:
-    """The transport's side of truncation: the response had begun (its head arrived: `ttfb`) and its
-    body was then broken off by the upstream or by shutdown. A client that left cut nothing short
-    that it will ever see, and an answer of our own (502, 408) is complete."""
-    error = outcome.error
-    if error is None or outcome.ttfb is None:
-        return False
-    return error is ErrorKind.SHUTDOWN or error.is_upstream_fault
-
-
 class Forwarder:
     """The data-plane request handler. One per proxy; one exchange (keep-alive pool) per role."""
 
@@ -119,15 +108,18 @@ class Forwarder:
         now: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         feedback: FeedbackHook | None = None,
+        shadow: ShadowSender | None = None,
     ) -> None:
         """`now` is the monotonic clock durations are measured on; `wall` gives `routed_at`.
-        `feedback`: the endpoint answering its path and stamping every response (None: off)."""
+        `feedback`: the endpoint answering its path and stamping every response (None: off).
+        `shadow`: sends the copies of the requests a shadow stage samples (None: never)."""
         self.settings = settings
         self.router = router
         self.trusted = trusted
         self.sink = sink
         self.inspection = inspection  # None: no inspection
         self.feedback = feedback
+        self.shadow = shadow
         self.access_log = AccessLog() if settings.access_log else None
         self._now = now
         self._wall = wall  # wall-clock seconds: when a request was routed, as other hosts read it
@@ -149,10 +141,14 @@ class Forwarder:
     async def start(self) -> None:
         for exchange in self.exchanges.values():
             await exchange.start()
+        if self.shadow is not None:
+            await self.shadow.start()
 
     async def close(self) -> None:
         if self.access_log is not None:
             self.access_log.flush()
+        if self.shadow is not None:
+            await self.shadow.close()
         for exchange in self.exchanges.values():
             await exchange.close()
 
@@ -200,9 +196,10 @@ class Forwarder:
         api = api_for_path(path) if self.inspection is not None else ""
         # Made at routing, so that it is at hand however the request ends; filled by the inspector.
         inspection = Inspection() if api else None
+        shadow = self.shadow.call(outcome) if route.shadow and self.shadow is not None else None
         self.in_flight += 1
         try:
-            return await self._forward(request, outcome, content_length, api, inspection, target)
+            return await self._forward(request, outcome, content_length, api, inspection, target, shadow)
         except asyncio.CancelledError:
             if outcome.error is None:
                 outcome.error = ErrorKind.SHUTDOWN if self.draining else ErrorKind.CLIENT_DISCONNECT
@@ -213,8 +210,10 @@ class Forwarder:
         finally:
             self.in_flight -= 1
             outcome.latency = self._now() - started
-            apply(outcome, inspection, _cut_short(outcome))
+            apply(outcome, inspection, cut_short(outcome))
             self._finish(outcome, path)
+            if shadow is not None:
+                shadow.stable_done(inspection)
             if self._drained is not None and self.in_flight == 0:
                 self._drained.set()
 
@@ -249,6 +248,7 @@ class Forwarder:
         api: str,
         inspection: Inspection | None,
         target: Target | None,
+        shadow: ShadowCall | None,
     ) -> web.StreamResponse:
         settings = self.settings
         streamed: StreamedBody | None = None
@@ -273,17 +273,19 @@ class Forwarder:
 
             exchange = self.exchanges[outcome.role]
             path = target.path if target is not None else request.raw_path
+            if shadow is not None:
+                shadow.send(request.method, path, up_headers, body, facts)
             try:
                 upstream = await exchange.send(request.method, path, up_headers, body)
             except UpstreamError as error:
                 # A streamed body that failed on the client's side may surface as an upstream error.
                 if streamed is None or streamed.error is None:
-                    return self._upstream_failure(outcome, error)
+                    return upstream_failure(outcome, error, self.settings.served_by_header)
             except (BodyTooLarge, ClientBodyTimeout, MalformedBody):
                 pass  # reported by `streamed` below
             else:
                 if streamed is None or streamed.error is None:
-                    return await self._respond(request, outcome, upstream, facts, inspection)
+                    return await self._respond(request, outcome, upstream, facts, inspection, shadow is not None)
                 upstream.close()
             assert streamed is not None  # only a streamed body fails while it is being sent
             return self._body_failure(outcome, streamed)
@@ -332,6 +334,7 @@ class Forwarder:
         upstream: UpstreamResponse,
         facts: RequestFacts | None,
         inspection: Inspection | None,
+        share_text: bool = False,
     ) -> Coroutine[Any, Any, web.StreamResponse]:
         """The response head is here: record it, choose the inspector; the relay, to be awaited
         (returned, not awaited here: one coroutine less for every chunk's wait to pass through)."""
@@ -351,7 +354,7 @@ class Forwarder:
                 inspector = inspector_for(
                     facts, upstream.status, upstream.headers.get("Content-Type", ""),
                     upstream.headers, inspection, self.inspection,
-                    role=outcome.role, started=outcome.started, now=self._now,
+                    role=outcome.role, started=outcome.started, now=self._now, share_text=share_text,
                 )
                 if facts.usage_injected:
                     # The inspector removes the usage chunk the client did not ask for.
@@ -361,17 +364,6 @@ class Forwarder:
                 inspection.inspect_error = True
                 inspector = None
         return self._relay(request, upstream, headers, inspector, inspection, outcome)
-
-    def _upstream_failure(self, outcome: Outcome, error: UpstreamError) -> web.Response:
-        """No response from the upstream: answer 502 or 504 in the OpenAI error shape."""
-        status = 504 if error.kind in _TIMEOUTS else 502
-        outcome.status = status
-        outcome.error = error.kind
-        log.warning("%s [request_id=%s]", error.message, outcome.request_id)
-        return error_response(
-            status, f"upstream_{error.kind.value}", error.message, role=outcome.role,
-            served_by_header=self.settings.served_by_header, request_id=outcome.request_id,
-        )
 
     def _body_failure(self, outcome: Outcome, streamed: StreamedBody) -> web.Response:
         """The client's streamed body was too large, too slow or malformed."""

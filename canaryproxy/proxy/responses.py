@@ -9,10 +9,16 @@ message, in `error.upstream`, and in the served-by header.
 from __future__ import annotations
 
 import json
+import logging
 
 from aiohttp import web
 
-from canaryproxy.core.types import Role
+from canaryproxy.core.types import ErrorKind, Outcome, Role
+from canaryproxy.errors import UpstreamError
+
+log = logging.getLogger("canaryproxy.proxy")
+
+_TIMEOUTS = frozenset({ErrorKind.CONNECT_TIMEOUT, ErrorKind.FIRST_BYTE_TIMEOUT})  # 504, not 502
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -60,3 +66,29 @@ def error_response(
     if close:
         response.force_close()
     return response
+
+
+def failure_status(kind: ErrorKind) -> int:
+    """What answers an upstream that gave no response: 504 for a timeout, 502 otherwise."""
+    return 504 if kind in _TIMEOUTS else 502
+
+
+def upstream_failure(outcome: Outcome, error: UpstreamError, served_by_header: str | None) -> web.Response:
+    """No response from the upstream: answer 502 or 504 in the OpenAI error shape."""
+    status = outcome.status = failure_status(error.kind)
+    outcome.error = error.kind
+    log.warning("%s [request_id=%s]", error.message, outcome.request_id)
+    return error_response(
+        status, f"upstream_{error.kind.value}", error.message, role=outcome.role,
+        served_by_header=served_by_header, request_id=outcome.request_id,
+    )
+
+
+def cut_short(outcome: Outcome) -> bool:
+    """The transport's side of truncation: the response had begun (its head arrived: `ttfb`) and its
+    body was then broken off by the upstream or by shutdown. A client that left cut nothing short
+    that it will ever see, and an answer of our own (502, 408) is complete."""
+    error = outcome.error
+    if error is None or outcome.ttfb is None:
+        return False
+    return error is ErrorKind.SHUTDOWN or error.is_upstream_fault

@@ -42,6 +42,7 @@ class Route:
     role: Role
     key_hash: int | None  # the sticky key's 64-bit hash; None when no key was present
     weight: float  # the canary weight in percent in force when the request was routed
+    shadow: bool = False  # also copied to the canary in the shadow (a shadow stage samples it)
 
 
 class Router:
@@ -76,4 +77,7 @@ class Router:
                 role = _FORCED.get(forced.strip().lower())
                 if role is not None:
                     return Route(role, hash64, weight)
-        return Route(splitter.choose(hash64), hash64, weight)
+        role = splitter.choose(hash64)
+        if splitter.shadow_buckets and role is Role.STABLE:
+            return Route(role, hash64, weight, splitter.shadowed(hash64))
+        return Route(role, hash64, weight)

@@ -74,3 +74,24 @@ def test_nan_never_leaks_out_of_a_decoded_observation():
     assert isinstance(observation, Observation) and end == 66
     assert observation.ttft is None and observation.cost_usd is None
     assert not any(isinstance(v, float) and math.isnan(v) for v in (observation.routed_at, observation.latency))
+
+
+@given(st.lists(st.tuples(observed_outcomes, observed_outcomes, st.none() | st.booleans(),
+                          st.none() | st.floats(min_value=0.0, max_value=1.0)), min_size=1, max_size=10))
+def test_shadow_pairs_decode_to_what_was_encoded(pairs):
+    from canaryproxy.core.observation import decode_pairs, encode_pair
+    from canaryproxy.core.types import ShadowPair
+
+    batch = [ShadowPair(a, b, same_text=same, text_overlap=overlap, key_hash=a.key_hash)
+             for a, b, same, overlap in pairs]
+    decoded = decode_pairs(b"".join(encode_pair(p) for p in batch))
+    for pair, back in zip(batch, decoded, strict=True):
+        assert (back.same_text, back.text_overlap, back.key_hash) == (pair.same_text, pair.text_overlap, pair.key_hash)
+        assert encode(back.stable) == encode(pair.stable) and encode(back.shadow) == encode(pair.shadow)
+
+
+def test_bytes_that_are_not_pairs_are_a_precise_error():
+    from canaryproxy.core.observation import decode_pairs
+
+    with pytest.raises(ValueError, match="not an encoded"):
+        decode_pairs(b"\x01\x02\x03")

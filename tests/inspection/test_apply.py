@@ -100,12 +100,14 @@ def test_a_fresh_inspection_applies_the_outcome_defaults() -> None:
 
 def test_every_inspection_field_is_an_outcome_field() -> None:
     outcome_fields = {field.name for field in fields(Outcome)}
-    assert set(Inspection.__slots__) - outcome_fields == {"ended_early"}
+    # ended_early decides `truncated`; the text stays with the inspection (a shadow pair reads it)
+    # and never rides an Outcome to the windows, the exporter or another process.
+    assert set(Inspection.__slots__) - outcome_fields == {"ended_early", "text"}
 
 
 # --- one writer ----------------------------------------------------------------------------------
 
-INSPECTED_FIELDS = (set(Inspection.__slots__) - {"ended_early"}) | {"truncated"}
+INSPECTED_FIELDS = (set(Inspection.__slots__) - {"ended_early", "text"}) | {"truncated"}
 PACKAGES = [ROOT / "canaryproxy" / "inspection", ROOT / "canaryproxy" / "proxy"]
 
 

@@ -1,0 +1,187 @@
+"""The shadow copy on the wire: the user's answer is stable's, byte for byte and on time, whatever the
+copy does; every copy is bounded, never retried, and counted; pairs reach the evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp import web
+
+from canaryproxy.core.types import Role
+from canaryproxy.proxy.shadow import SHADOW_HEADER
+from tests.shadow.conftest import CHAT, chat, shadow_rollout, words_handler
+from tests.support import eventually
+
+
+def pairs_of(proxy) -> int:
+    return proxy.control.evidence.pairs.pairs
+
+
+def dropped(proxy, reason: str) -> int:
+    return proxy.data.shadow.counters.dropped[reason]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_users_answer_is_byte_identical_with_shadowing_on(stable_and_canary, make_proxy, stream):
+    stable, canary = stable_and_canary
+    plain = await make_proxy()
+    shadowing = await make_proxy(rollout=shadow_rollout())
+    assert shadowing.data.splitter.shadow == 100 and shadowing.weight == 0
+    without = await chat(plain.data_port, stream=stream, user="u1")
+    with_ = await chat(shadowing.data_port, stream=stream, user="u1")
+    assert with_[0] == without[0] == 200
+    assert with_[2] == without[2]  # the body, byte for byte
+    assert with_[1]["x-canary-version"] == "stable"
+    drop = {"date", "x-request-id"}
+    assert ({k.lower(): v for k, v in with_[1].items() if k.lower() not in drop}
+            == {k.lower(): v for k, v in without[1].items() if k.lower() not in drop})
+    await eventually(lambda: pairs_of(shadowing) == 1)
+    copies = [seen for seen in canary.seen if seen.header(SHADOW_HEADER) == "1"]
+    assert len(copies) == 1 and len(canary.seen) == 1  # the plain proxy's weight 0 sent the canary nothing
+    assert copies[0].body == stable.seen[-1].body  # the same bytes stable got, read once from the client
+    pair_outcomes = [o for o in shadowing.test_sink.outcomes if o.role is Role.SHADOW]
+    assert len(pair_outcomes) == 1 and pair_outcomes[0].status == 200
+    assert shadowing.control.evidence.pairs.same_text == 1
+
+
+async def test_a_slow_shadow_delays_the_user_not_at_all(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    canary.on("POST", CHAT, words_handler(["slow"], delay=1.5))
+    proxy = await make_proxy(rollout=shadow_rollout())
+    started = time.monotonic()
+    status, headers, body = await chat(proxy.data_port, stream=True, user="u1")
+    assert status == 200 and b"[DONE]" in body
+    assert time.monotonic() - started < 0.75  # the copy takes 1.5 s; the user waits for stable only
+    assert pairs_of(proxy) == 0 and proxy.data.shadow.in_flight == 1
+    await eventually(lambda: pairs_of(proxy) == 1, timeout=5)
+    pairs = proxy.control.evidence.pairs
+    assert pairs.texts_compared == 1 and pairs.same_text == 0
+
+
+async def test_failing_shadows_leave_the_user_untouched_and_count_as_the_canarys(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    canary.on("POST", CHAT, words_handler([], status=500))
+    proxy = await make_proxy(rollout=shadow_rollout())
+    for i in range(5):
+        status, headers, body = await chat(proxy.data_port, user=f"u{i}")
+        assert status == 200 and b"42" in body
+    await eventually(lambda: pairs_of(proxy) == 5)
+    assert proxy.control.evidence.pairs.canary_failed_only == 5
+    metrics = await metrics_text(proxy)
+    assert 'canaryproxy_requests_total{status_class="5xx",version="shadow"} 5.0' in metrics
+    assert 'canaryproxy_requests_total{status_class="5xx",version="canary"}' not in metrics
+    assert "canaryproxy_shadow_pairs_total 5.0" in metrics
+
+
+async def test_a_shadow_reset_mid_stream_or_never_answering_is_a_failed_pair(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+
+    async def reset_mid_stream(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"par"}}]}\n\n')
+        request.transport.abort()
+        return response
+
+    async def never(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+    canary.on("POST", CHAT, reset_mid_stream)
+    proxy = await make_proxy(rollout=shadow_rollout(), timeouts={"first_byte": "400ms"})
+    status, _, body = await chat(proxy.data_port, stream=True, user="u1")
+    assert status == 200 and b"[DONE]" in body
+    await eventually(lambda: pairs_of(proxy) == 1)
+    canary.on("POST", CHAT, never)
+    status, _, body = await chat(proxy.data_port, user="u2")
+    assert status == 200 and b"42" in body
+    await eventually(lambda: pairs_of(proxy) == 2, timeout=5)
+    assert proxy.control.evidence.pairs.canary_failed_only == 2
+    kinds = sorted(str(o.error) for o in proxy.test_sink.outcomes if o.role is Role.SHADOW)
+    assert kinds == ["first_byte_timeout", "reset"]
+
+
+async def test_copies_beyond_the_cap_are_dropped_and_counted(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await release.wait()
+        return web.json_response({"choices": []})
+
+    canary.on("POST", CHAT, held)
+    proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_in_flight": 2})
+    answers = await asyncio.gather(*(chat(proxy.data_port, user=f"u{i}") for i in range(10)))
+    assert all(status == 200 for status, _, _ in answers)
+    sender = proxy.data.shadow
+    assert sender.in_flight == 2 and sender.counters.sent == 2
+    assert dropped(proxy, "busy") == 8
+    release.set()
+    await eventually(lambda: sender.in_flight == 0)
+    assert "canaryproxy_shadow_dropped_total{reason=\"busy\"} 8.0" in await metrics_text(proxy)
+
+
+async def test_an_oversized_shadow_answer_drops_its_pair(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    canary.on("POST", CHAT, words_handler(["x" * 4000] * 4))
+    proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_response_bytes": 4096})
+    status, _, _ = await chat(proxy.data_port, user="u1")
+    assert status == 200
+    await eventually(lambda: dropped(proxy, "too_large") == 1)
+    assert pairs_of(proxy) == 0
+
+
+async def test_a_client_that_leaves_cancels_the_copy_and_is_not_the_canarys_failure(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    stable.on("POST", CHAT, words_handler(["slow"], delay=5))
+    canary.on("POST", CHAT, words_handler(["slow"], delay=5))
+    proxy = await make_proxy(rollout=shadow_rollout())
+    with pytest.raises(asyncio.TimeoutError):
+        await chat(proxy.data_port, user="u1", timeout=0.3)
+    await eventually(lambda: dropped(proxy, "client_gone") == 1)
+    await eventually(lambda: canary.cancelled_at)  # the canary stopped generating
+    assert pairs_of(proxy) == 0 and proxy.data.shadow.in_flight == 0
+
+
+async def test_a_streamed_request_body_is_not_copied(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    stable.on("POST", "/upload", lambda request: _drain(request))
+    proxy = await make_proxy(rollout=shadow_rollout(), limits={"max_request_body": "8MiB"})
+    import aiohttp
+
+    async def body():
+        for _ in range(32):
+            yield b"x" * 65536  # 2 MiB, chunked: past the 1 MiB the proxy buffers
+
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"http://127.0.0.1:{proxy.data_port}/upload", data=body()) as r:
+            assert r.status == 200
+    assert dropped(proxy, "streamed_body") == 1 and not canary.seen
+
+
+async def _drain(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"ok": True})
+
+
+async def test_the_copy_is_never_retried(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    proxy = await make_proxy(rollout=shadow_rollout(), upstreams={"canary": "http://127.0.0.1:9"})
+    status, _, _ = await chat(proxy.data_port, user="u1")
+    assert status == 200
+    await eventually(lambda: pairs_of(proxy) == 1)
+    assert proxy.data.shadow.exchange.retries == {"connect_refused": 0, "stale_connection": 0}
+    assert proxy.forwarder.exchanges[Role.STABLE].retries["connect_refused"] == 0
+
+
+async def metrics_text(proxy) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"http://127.0.0.1:{proxy.admin_port}/metrics") as r:
+            return await r.text()
