@@ -119,14 +119,24 @@ def decode_all(data: bytes | memoryview) -> list[Observation]:
 
 
 # A shadow pair: whether the texts were the same (-1: not compared), their overlap (NaN: not
-# compared), then stable's observation and the shadow's, back to back.
-_PAIR = struct.Struct("<bd")
+# compared), the lengths of the two finish reasons (255: none; at most 64 bytes each), then the
+# finish reasons, stable's observation and the shadow's, back to back.
+_PAIR = struct.Struct("<bdBB")
+_NO_REASON = 255
+_MAX_REASON = 64
+
+
+def _reason_bytes(reason: str | None) -> bytes | None:
+    return None if reason is None else reason.encode()[:_MAX_REASON]
 
 
 def encode_pair(pair: ShadowPair) -> bytes:
     same = -1 if pair.same_text is None else int(pair.same_text)
     overlap = _NAN if pair.text_overlap is None else pair.text_overlap
-    return _PAIR.pack(same, overlap) + encode(pair.stable) + encode(pair.shadow)
+    reasons = [_reason_bytes(r) for r in pair.finish_reasons]
+    lengths = [_NO_REASON if r is None else len(r) for r in reasons]
+    return (_PAIR.pack(same, overlap, *lengths) + b"".join(r for r in reasons if r)
+            + encode(pair.stable) + encode(pair.shadow))
 
 
 def decode_pairs(data: bytes | memoryview) -> list[ShadowPair]:
@@ -134,13 +144,24 @@ def decode_pairs(data: bytes | memoryview) -> list[ShadowPair]:
     pairs, offset = [], 0
     while offset < len(data):
         try:
-            same, overlap = _PAIR.unpack_from(data, offset)
+            same, overlap, *lengths = _PAIR.unpack_from(data, offset)
+            offset += _PAIR.size
+            reasons: list[str | None] = []
+            for length in lengths:
+                if length == _NO_REASON:
+                    reasons.append(None)
+                    continue
+                if offset + length > len(data):
+                    raise struct.error("a finish reason is cut short")
+                reasons.append(bytes(data[offset:offset + length]).decode(errors="replace"))
+                offset += length
         except struct.error as exc:
             raise ValueError(f"not an encoded shadow pair at offset {offset}: {exc}") from None
-        stable, offset = decode(data, offset + _PAIR.size)
+        stable, offset = decode(data, offset)
         shadow, offset = decode(data, offset)
         pairs.append(ShadowPair(stable, shadow, same_text=None if same < 0 else bool(same),
-                                text_overlap=None if math.isnan(overlap) else overlap, key_hash=stable.key_hash))
+                                text_overlap=None if math.isnan(overlap) else overlap, key_hash=stable.key_hash,
+                                finish_reasons=(reasons[0], reasons[1])))
     return pairs
 
 

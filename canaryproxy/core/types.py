@@ -197,6 +197,7 @@ class ShadowPair:
     nothing may count it as a request the canary served a user). `same_text` (the two texts equal
     after normalisation) and `text_overlap` (a similarity in [0, 1]) are None when not measured.
     `key_hash` is the sticky key's 64-bit hash the pair was sampled by, None when sampled at random.
+    `finish_reasons` are (stable's, the canary's), as the inspection read them (None: none read).
     """
 
     stable: Observed
@@ -204,6 +205,7 @@ class ShadowPair:
     same_text: bool | None = None
     text_overlap: float | None = None
     key_hash: int | None = None
+    finish_reasons: tuple[str | None, str | None] = (None, None)
 
 
 class FeedbackKind(enum.StrEnum):

@@ -213,7 +213,8 @@ class ShadowSender:
             same, overlap = compare(stable_text, shadow_text)
             self.counters.compared_texts += 1
             self.counters.same_text += same
-        pair = ShadowPair(stable, shadow, same_text=same, text_overlap=overlap, key_hash=stable.key_hash)
+        pair = ShadowPair(stable, shadow, same_text=same, text_overlap=overlap, key_hash=stable.key_hash,
+                          finish_reasons=(stable.finish_reason, shadow.finish_reason))
         self.counters.paired += 1
         try:
             self.pairs.record_pair(pair)
@@ -232,7 +233,8 @@ class ShadowSender:
         sample: dict[str, Any] = {
             "request_id": pair.stable.request_id if isinstance(pair.stable, Outcome) else "",
             "at": self._wall(), "same_text": pair.same_text, "text_overlap": pair.text_overlap,
-            "stable": answer_facts(pair.stable), "canary": answer_facts(pair.shadow),
+            "stable": answer_facts(pair.stable, pair.finish_reasons[0]),
+            "canary": answer_facts(pair.shadow, pair.finish_reasons[1]),
         }
         if self.settings.keep_outputs:
             chars = self.settings.sample_chars
@@ -301,10 +303,10 @@ def differs(pair: ShadowPair) -> bool:
     """Whether the two answers differ in a way the status view shows: the text, a failure, a schema."""
     stable, shadow = pair.stable, pair.shadow
     return (pair.same_text is False or stable.failed != shadow.failed or stable.schema_ok != shadow.schema_ok
-            or bool(stable.guardrails) != bool(shadow.guardrails))
+            or bool(stable.guardrails) != bool(shadow.guardrails) or pair.finish_reasons[0] != pair.finish_reasons[1])
 
 
-def answer_facts(o: Any) -> dict[str, Any]:
+def answer_facts(o: Any, finish_reason: str | None) -> dict[str, Any]:
     return {"status": o.status, "failed": o.failed, "latency_ms": round(o.latency * 1000, 1),
             "completion_tokens": o.completion_tokens, "output_chars": o.output_chars,
-            "schema_ok": o.schema_ok, "guardrails": list(o.guardrails), "finish_reason": getattr(o, "finish_reason", None)}
+            "schema_ok": o.schema_ok, "guardrails": list(o.guardrails), "finish_reason": finish_reason}

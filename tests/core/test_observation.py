@@ -76,17 +76,22 @@ def test_nan_never_leaks_out_of_a_decoded_observation():
     assert not any(isinstance(v, float) and math.isnan(v) for v in (observation.routed_at, observation.latency))
 
 
+reasons = st.none() | st.sampled_from(["stop", "length", "tool_calls", "content_filter", "end_turn", "ü"])
+
+
 @given(st.lists(st.tuples(observed_outcomes, observed_outcomes, st.none() | st.booleans(),
-                          st.none() | st.floats(min_value=0.0, max_value=1.0)), min_size=1, max_size=10))
+                          st.none() | st.floats(min_value=0.0, max_value=1.0), st.tuples(reasons, reasons)),
+                min_size=1, max_size=10))
 def test_shadow_pairs_decode_to_what_was_encoded(pairs):
     from canaryproxy.core.observation import decode_pairs, encode_pair
     from canaryproxy.core.types import ShadowPair
 
-    batch = [ShadowPair(a, b, same_text=same, text_overlap=overlap, key_hash=a.key_hash)
-             for a, b, same, overlap in pairs]
+    batch = [ShadowPair(a, b, same_text=same, text_overlap=overlap, key_hash=a.key_hash, finish_reasons=finish)
+             for a, b, same, overlap, finish in pairs]
     decoded = decode_pairs(b"".join(encode_pair(p) for p in batch))
     for pair, back in zip(batch, decoded, strict=True):
-        assert (back.same_text, back.text_overlap, back.key_hash) == (pair.same_text, pair.text_overlap, pair.key_hash)
+        assert (back.same_text, back.text_overlap, back.key_hash, back.finish_reasons) == (
+            pair.same_text, pair.text_overlap, pair.key_hash, pair.finish_reasons)
         assert encode(back.stable) == encode(pair.stable) and encode(back.shadow) == encode(pair.shadow)
 
 

@@ -68,3 +68,18 @@ def test_weight_out_of_range_is_refused():
     for bad in (-0.01, 100.01):
         with pytest.raises(ValueError, match="0-100"):
             Splitter(bad)
+
+
+def test_the_shadow_sample_is_by_key_and_nests_the_canary_buckets():
+    from canaryproxy.core.splitter import Splitter, key_hash
+
+    splitter = Splitter(0.0)
+    assert not splitter.shadowed(key_hash("u"))  # no shadow stage: nothing copied
+    splitter.set_shadow(20)
+    hashes = [key_hash(f"user-{i}") for i in range(20_000)]
+    sampled = {h for h in hashes if splitter.shadowed(h)}
+    assert abs(len(sampled) / len(hashes) - 0.20) < 0.01
+    assert all(splitter.shadowed(h) for h in sampled)  # a user's requests: all compared or none
+    splitter.set_weight(5)  # the users the canary serves first were all compared in the shadow
+    assert {h for h in hashes if splitter.choose(h) is Role.CANARY} <= sampled
+    assert splitter.shadow == 20.0

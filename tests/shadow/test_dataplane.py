@@ -9,7 +9,7 @@ import time
 import pytest
 from aiohttp import web
 
-from canaryproxy.core.types import Role
+from canaryproxy.core.types import DiscardSink, Role
 from canaryproxy.proxy.shadow import SHADOW_HEADER
 from tests.shadow.conftest import CHAT, chat, shadow_rollout, words_handler
 from tests.support import eventually
@@ -185,3 +185,52 @@ async def metrics_text(proxy) -> str:
     async with aiohttp.ClientSession() as client:
         async with client.get(f"http://127.0.0.1:{proxy.admin_port}/metrics") as r:
             return await r.text()
+
+
+async def test_a_canary_that_falls_behind_costs_no_memory_growth(stable_and_canary, make_proxy):
+    import gc
+    import tracemalloc
+
+    stable, canary = stable_and_canary
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await release.wait()
+        return web.json_response({"choices": []})
+
+    canary.on("POST", CHAT, held)
+    proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_in_flight": 4}, sink=DiscardSink())
+
+    async def burst() -> None:
+        for _ in range(4):
+            await asyncio.gather(*(chat(proxy.data_port, user=f"u{i}") for i in range(25)))
+
+    await burst()  # warm: pools, caches, the copies in flight
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    await burst()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = [stat for stat in after.compare_to(before, "lineno")
+              if "canaryproxy" in stat.traceback[0].filename and stat.size_diff > 0]
+    grown = sum(stat.size_diff for stat in growth)
+    assert proxy.data.shadow.in_flight == 4 and dropped(proxy, "busy") == 196
+    assert grown < 32 * 1024, f"grew {grown} bytes over 100 dropped copies: {growth[:5]}"
+    release.set()
+
+
+async def test_shadow_spend_is_reported_apart(stable_and_canary, make_proxy):
+    proxy = await make_proxy(rollout=shadow_rollout(),
+                             pricing={"versions": {"stable": {"input": 1, "output": 2},
+                                                   "canary": {"input": 1, "output": 2}}})
+    for i in range(3):
+        await chat(proxy.data_port, user=f"u{i}")
+    await eventually(lambda: pairs_of(proxy) == 3)
+    metrics = await metrics_text(proxy)
+    cost = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines() if line.startswith("canaryproxy_cost_usd_total{")}
+    assert cost['version="shadow"'] == cost['version="stable"'] > 0  # same answers, same price
+    assert cost['version="canary"'] == 0.0  # the canary served no user
