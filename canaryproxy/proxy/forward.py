@@ -68,7 +68,7 @@ from canaryproxy.proxy.headers import (
 from canaryproxy.proxy.relay import Relay
 from canaryproxy.proxy.responses import cut_short, error_response, upstream_failure
 from canaryproxy.proxy.routing import Router
-from canaryproxy.proxy.shadow import ShadowCall, ShadowSender
+from canaryproxy.proxy.shadow import ShadowCall, ShadowSender, streams
 
 log = logging.getLogger("canaryproxy.proxy")
 
@@ -273,18 +273,20 @@ class Forwarder:
 
             exchange = self.exchanges[outcome.role]
             path = target.path if target is not None else request.raw_path
-            if shadow is not None:
-                shadow.send(request.method, path, up_headers, body, facts)
             try:
                 upstream = await exchange.send(request.method, path, up_headers, body)
             except UpstreamError as error:
                 # A streamed body that failed on the client's side may surface as an upstream error.
                 if streamed is None or streamed.error is None:
+                    if shadow is not None:
+                        shadow.prepare(request.method, path, up_headers, body, facts, now=False)
                     return upstream_failure(outcome, error, self.settings.served_by_header)
             except (BodyTooLarge, ClientBodyTimeout, MalformedBody):
                 pass  # reported by `streamed` below
             else:
                 if streamed is None or streamed.error is None:
+                    if shadow is not None:  # only now: on this loop the user's answer goes first
+                        shadow.prepare(request.method, path, up_headers, body, facts, now=streams(upstream))
                     return await self._respond(request, outcome, upstream, facts, inspection, shadow is not None)
                 upstream.close()
             assert streamed is not None  # only a streamed body fails while it is being sent

@@ -1,11 +1,13 @@
 """Shadow copies: a sampled stable request also sent to the canary, whose answer no user sees.
 
 * **The user never pays.** The user's request is served by stable exactly as without shadowing.
-  The copy is launched from a task of its own once the request body has been read — the same
-  bytes, never read twice from the client — and sent on an exchange of its own (a keep-alive pool
-  to the canary) that never retries: nobody is waiting for it. It runs to its end on the same
-  deadlines as live requests (connect, first byte, idle), so a failed shadow answer means what a
-  failed live one means.
+  The copy is the same request bytes (never read twice from the client), launched from a task of
+  its own only once the user's answer no longer needs the event loop's attention: when stable's
+  response has ended, or, for a stream (which lasts as long as the model writes), when its head
+  is in — so the user's first bytes go out before the copy does any work. It is sent on an exchange of its
+  own (a keep-alive pool to the canary) that never retries: nobody is waiting for it. It runs to
+  its end on the same deadlines as live requests (connect, first byte, idle), so a failed shadow
+  answer means what a failed live one means; its latency and TTFT count from its own send.
 * **Bounded.** At most `max_in_flight` copies at once: a canary that falls behind has new copies
   dropped (reason `busy`), never queued. At most `max_response_bytes` of each answer are read
   (beyond that the copy is closed and its pair dropped: `too_large`). So what the shadow holds is
@@ -38,7 +40,7 @@ from canaryproxy.core.similarity import compare
 from canaryproxy.core.types import ErrorKind, Outcome, OutcomeSink, PairSink, Role, ShadowPair
 from canaryproxy.errors import UpstreamError
 from canaryproxy.inspection import Inspection, InspectionSettings, Inspector, RequestFacts, apply, inspector_for
-from canaryproxy.proxy.exchange import Exchange
+from canaryproxy.proxy.exchange import Exchange, UpstreamResponse
 from canaryproxy.proxy.responses import cut_short, failure_status
 
 log = logging.getLogger("canaryproxy.shadow")
@@ -104,14 +106,9 @@ class ShadowSender:
                 "outputs_kept": self.settings.keep_outputs, "differing_samples": list(reversed(self.samples))}
 
     def call(self, stable: Outcome) -> ShadowCall | None:
-        """A copy of the request `stable` is the outcome of, or None when the canary is too busy
-        (counted). Launched by `ShadowCall.send` once the body is read."""
-        if self._closing:
-            return None
-        if len(self._tasks) >= self.settings.max_in_flight:
-            self.drop(BUSY)
-            return None
-        return ShadowCall(self, stable)
+        """A copy of the request `stable` is the outcome of (None while shutting down), launched by
+        `ShadowCall.send` once stable has answered."""
+        return None if self._closing else ShadowCall(self, stable)
 
     def drop(self, reason: str) -> None:
         dropped = self.counters.dropped
@@ -134,17 +131,22 @@ class ShadowSender:
     # --- the copy ------------------------------------------------------------------------------
 
     def _launch(self, call: ShadowCall, method: str, target: str, headers: CIMultiDict[str],
-                body: bytes | None, facts: RequestFacts | None) -> None:
+                body: bytes | None, facts: RequestFacts | None) -> bool:
+        """Start the copy; False (dropped, counted) when `max_in_flight` copies are running."""
+        if len(self._tasks) >= self.settings.max_in_flight:
+            self.drop(BUSY)
+            return False
         task = asyncio.get_running_loop().create_task(self._run(call, method, target, headers, body, facts))
         call.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self.counters.sent += 1
+        return True
 
     async def _run(self, call: ShadowCall, method: str, target: str, headers: CIMultiDict[str],
                    body: bytes | None, facts: RequestFacts | None) -> None:
         stable = call.stable
-        outcome = Outcome(Role.SHADOW, stable.started, weight=stable.weight, key_hash=stable.key_hash,
+        outcome = Outcome(Role.SHADOW, self._now(), weight=stable.weight, key_hash=stable.key_hash,
                           request_id=stable.request_id, method=method, routed_at=stable.routed_at)
         inspection = Inspection() if facts is not None and self.inspection is not None else None
         too_large = False
@@ -246,33 +248,52 @@ class ShadowSender:
 class ShadowCall:
     """One user's request (its stable Outcome) and the copy of it sent to the canary."""
 
-    __slots__ = ("_sender", "stable", "task", "abandoned", "_stable_text", "_stable_done", "_shadow")
+    __slots__ = ("_sender", "stable", "task", "abandoned", "_request", "_stable_text", "_stable_done", "_shadow")
 
     def __init__(self, sender: ShadowSender, stable: Outcome) -> None:
         self._sender = sender
         self.stable = stable
         self.task: asyncio.Task[None] | None = None
         self.abandoned = False  # the user's request ended without a verdict: the pair is off
+        self._request: tuple[str, str, CIMultiDict[str], bytes | None, RequestFacts | None] | None = None
         self._stable_text: str | None = None
         self._stable_done = False
         self._shadow: tuple[Outcome, str | None] | None = None
 
-    def send(self, method: str, target: str, headers: CIMultiDict[str], body: object,
-             facts: RequestFacts | None) -> None:
-        """Launch the copy with the request as it goes to stable (`headers` are copied)."""
+    def prepare(self, method: str, target: str, headers: CIMultiDict[str], body: object,
+                facts: RequestFacts | None, *, now: bool) -> None:
+        """The request as it went to stable; the copy is launched at once (`now`: a stream) or when
+        the user's request ends (`stable_done`)."""
         if not (body is None or isinstance(body, bytes)):
             self._sender.drop(STREAMED_BODY)
             self.abandoned = True
             return
+        self._request = (method, target, headers, body, facts)
+        if now:
+            self._launch()
+
+    def _launch(self) -> None:
+        request, self._request = self._request, None
+        if request is None:
+            return
+        method, target, headers, body, facts = request
         copy = headers.copy()
         copy[SHADOW_HEADER] = "1"
-        self._sender._launch(self, method, target, copy, body, facts)
+        if not self._sender._launch(self, method, target, copy, body, facts):
+            self.abandoned = True
 
     def stable_done(self, inspection: Inspection | None) -> None:
-        """The user's request has ended (its Outcome is final): pair, or wait for the copy."""
+        """The user's request has ended (its Outcome is final): launch the copy if it waited for
+        this, then pair, or wait for the copy."""
+        stable = self.stable
+        if self._request is not None:
+            if not stable.counts_for_version:
+                self._request = None
+                self._sender.drop(CLIENT_GONE)  # never sent: the user left before stable answered
+                return
+            self._launch()
         if self.task is None:
             return  # never sent
-        stable = self.stable
         if not stable.counts_for_version:
             self.abandoned = True
             if not self.task.done():
@@ -297,6 +318,11 @@ class ShadowCall:
             sender._pair(self.stable, self._stable_text, outcome, text)
         else:
             self._shadow = (outcome, text)
+
+
+def streams(upstream: UpstreamResponse) -> bool:
+    """Whether a response is a stream (SSE): it lasts as long as the model writes."""
+    return upstream.headers.get("Content-Type", "").startswith("text/event-stream")
 
 
 def differs(pair: ShadowPair) -> bool:

@@ -138,14 +138,24 @@ async def test_an_oversized_shadow_answer_drops_its_pair(stable_and_canary, make
 
 async def test_a_client_that_leaves_cancels_the_copy_and_is_not_the_canarys_failure(stable_and_canary, make_proxy):
     stable, canary = stable_and_canary
-    stable.on("POST", CHAT, words_handler(["slow"], delay=5))
-    canary.on("POST", CHAT, words_handler(["slow"], delay=5))
+
+    async def slow_stream(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"one"}}]}\n\n')
+        await asyncio.sleep(5)
+        return response
+
+    stable.on("POST", CHAT, slow_stream)
+    canary.on("POST", CHAT, slow_stream)
     proxy = await make_proxy(rollout=shadow_rollout())
     with pytest.raises(asyncio.TimeoutError):
-        await chat(proxy.data_port, user="u1", timeout=0.3)
+        await chat(proxy.data_port, stream=True, user="u1", timeout=0.5)
     await eventually(lambda: dropped(proxy, "client_gone") == 1)
-    await eventually(lambda: canary.cancelled_at)  # the canary stopped generating
+    await eventually(lambda: len(canary.cancelled_at) == 1)  # the canary stopped generating
     assert pairs_of(proxy) == 0 and proxy.data.shadow.in_flight == 0
+    assert proxy.data.shadow.counters.sent == 1
 
 
 async def test_a_streamed_request_body_is_not_copied(stable_and_canary, make_proxy):
