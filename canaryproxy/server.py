@@ -175,7 +175,8 @@ def build_control_plane(config: Config, data: DataPlane, feed: DirectFeed | None
             shadow_tolerance=config.shadow.tolerance, shadow_negligible=config.shadow.negligible,
         )
         if data.shadow is not None:
-            controller.shadow_local = data.shadow.view
+            sender, splitter = data.shadow, data.splitter
+            controller.shadow_local = lambda: {**sender.view(), "share_in_force": splitter.shadow}
         if shared is not None:
             replication.join(shared, evidence, controller, clock)
             audit.publish = lambda entry: shared.history.publish("audit", entry)

@@ -5,6 +5,7 @@ tests see every replica's, and the rollback reaches them all."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -23,7 +24,7 @@ SHADOW_PLAN = """\
 
 @pytest.fixture
 def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", persistent=False)
+    server = RedisServer(tmp_path / "redis", persistent=True)
     server.start()
     yield server
     server.stop()
@@ -65,8 +66,47 @@ async def test_pairs_from_every_replica_reach_the_leader_and_the_rollback_reache
         assert all(n > 0 for n in local), local  # both replicas copied and paired
         leader = next(x for x in statuses if x["coordination"]["leads"])
         assert leader["shadow"]["pairs"]["pairs"] >= sum(local) - 40  # all but what was in flight
-        assert any("judge:shadow_" in d["summary"] for d in (await fleet.replicas[0].get("/admin/decisions?limit=50"))["decisions"]
-                   if d.get("after") and d["after"]["phase"] == "rolled_back")
+        for replica in fleet.replicas:  # the shared decision record says why, on every replica
+            await rollback_recorded(replica)
     finally:
         await fleet.stop()
         await asyncio.sleep(0)
+
+
+async def rollback_recorded(replica, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        decisions = (await replica.get("/admin/decisions?limit=50"))["decisions"]
+        if any("judge:shadow_" in d["summary"] for d in decisions
+               if d.get("after") and d["after"]["phase"] == "rolled_back"):
+            return
+        assert time.monotonic() < deadline, f"{replica.name}: no shadow rollback recorded: {decisions}"
+        await asyncio.sleep(0.05)
+
+
+HOLDING_SHADOW = SHADOW_PLAN.replace("min_requests: 30", "min_requests: 1000000").replace("hold: 200ms", "hold: 1h")
+
+
+async def test_redis_away_past_the_grace_stops_the_copies_and_they_resume(tmp_path, redis, chat_upstreams):
+    stable, canary = chat_upstreams
+    fleet = Fleet(tmp_path, redis, stable.url, canary.url, HOLDING_SHADOW, n=2, grace="1s")
+    await fleet.start()
+    try:
+        await fleet.wait_for(lambda s: all(x["shadow"]["this_process"]["share_in_force"] == 100 for x in s),
+                             timeout=15)
+        redis.stop()
+        try:
+            await fleet.wait_for(lambda s: all(x["shadow"]["this_process"]["share_in_force"] == 0 for x in s),
+                                 timeout=10)
+            copies = len(canary.seen)
+            counts = await spread_traffic(fleet.live, 40, first_user=1000)
+            assert counts.get("200:stable") == 40  # stable unaffected
+            assert len(canary.seen) == copies  # fail safe: no copies either
+        finally:
+            redis.start()
+        await fleet.wait_for(lambda s: all(x["shadow"]["this_process"]["share_in_force"] == 100 for x in s),
+                             timeout=15)
+        await spread_traffic(fleet.live, 20, first_user=2000)
+        assert len(canary.seen) > copies
+    finally:
+        await fleet.stop()
