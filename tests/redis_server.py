@@ -80,3 +80,12 @@ def redis_server(tmp_path: Path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path):
+    """A persistent redis-server (every write fsynced), for tests that stop and restart it."""
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    server.start()
+    yield server
+    server.stop()

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.fleet import Fleet, spread_traffic
-from tests.redis_server import RedisServer
+from tests.redis_server import redis  # noqa: F401  (the fixture)
 from tests.support import Upstream, wait_until_ready
 
 STEPPING = """\
@@ -33,14 +33,6 @@ async def upstreams():
     yield stable, canary
     await stable.stop()
     await canary.stop()
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -67,15 +67,9 @@ class Relay:
         self._write_timeout = client_write_timeout
         self._now = now
 
-    async def __call__(
-        self,
-        request: web.BaseRequest,
-        upstream: UpstreamResponse,
-        headers: CIMultiDict[str],
-        inspector: Inspector | None,
-        inspection: Inspection | None,
-        outcome: Outcome,
-    ) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest, upstream: UpstreamResponse, headers: CIMultiDict[str],
+                       inspector: Inspector | None, inspection: Inspection | None, outcome: Outcome,
+                       ) -> web.StreamResponse:
         """Send `upstream` to the client with `headers`, through `inspector` (None: not inspected),
         which fills `inspection`; records bytes_out and error. One coroutine for the whole body: each
         chunk's wait passes through every coroutine between the task and the socket."""

@@ -58,3 +58,12 @@ def stable_and_canary(upstreams):
     stable.on("POST", CHAT, words_handler(["the", "answer", "is", "42"]))
     canary.on("POST", CHAT, words_handler(["the", "answer", "is", "42"]))
     return stable, canary
+
+
+def held_handler(release: asyncio.Event):
+    """A model server that answers only once `release` is set: a canary that has fallen behind."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await release.wait()
+        return web.json_response({"choices": []})
+    return handler

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from canaryproxy.core.types import DiscardSink, Role
 from canaryproxy.proxy.shadow import SHADOW_HEADER
-from tests.shadow.conftest import CHAT, chat, shadow_rollout, words_handler
+from tests.shadow.conftest import CHAT, chat, held_handler, shadow_rollout, words_handler
 from tests.support import eventually
 
 
@@ -108,13 +108,7 @@ async def test_a_shadow_reset_mid_stream_or_never_answering_is_a_failed_pair(sta
 async def test_copies_beyond_the_cap_are_dropped_and_counted(stable_and_canary, make_proxy):
     stable, canary = stable_and_canary
     release = asyncio.Event()
-
-    async def held(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        await release.wait()
-        return web.json_response({"choices": []})
-
-    canary.on("POST", CHAT, held)
+    canary.on("POST", CHAT, held_handler(release))
     proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_in_flight": 2})
     answers = await asyncio.gather(*(chat(proxy.data_port, user=f"u{i}") for i in range(10)))
     assert all(status == 200 for status, _, _ in answers)
@@ -203,13 +197,7 @@ async def test_a_canary_that_falls_behind_costs_no_memory_growth(stable_and_cana
 
     stable, canary = stable_and_canary
     release = asyncio.Event()
-
-    async def held(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        await release.wait()
-        return web.json_response({"choices": []})
-
-    canary.on("POST", CHAT, held)
+    canary.on("POST", CHAT, held_handler(release))
     proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_in_flight": 4}, sink=DiscardSink())
 
     async def burst() -> None:

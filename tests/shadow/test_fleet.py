@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.fleet import Fleet, spread_traffic
-from tests.redis_server import RedisServer
+from tests.redis_server import redis  # noqa: F401  (the fixture)
 from tests.shadow.conftest import CHAT, words_handler
 from tests.support import Upstream
 
@@ -20,14 +20,6 @@ SHADOW_PLAN = """\
   max_hold: 1h
   evaluate_every: 100ms
   judge: {enabled: true}"""
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

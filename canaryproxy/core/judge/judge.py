@@ -1,10 +1,9 @@
 """The `Judge`: one intake, and the evidence of every enabled test, joined.
 
-The intake (intake.py) turns requests into closed blocks and amount samples; the evidence
-(events.py, amounts.py) folds them. The judge is the intake's sink: it folds what the intake
-emits and, when a test's evidence crosses 1/α, records the FAIL with what the intake had counted
-at that moment. It answers the controller: `verdicts`, `no_worse`, `summary`; and for the shadow
-stages, over the pairs of `observe_pair` (paired.py): `shadow_verdicts`, `shadow_no_worse`.
+The intake (intake.py) turns requests into closed blocks and amount samples; the evidence (events.py,
+amounts.py) folds them. The judge is the intake's sink: it folds what the intake emits and, when a
+test's evidence crosses 1/α, records the FAIL with what the intake had counted then. It answers the
+controller: `verdicts`, `no_worse`, `summary`; for shadow stages (paired.py) `shadow_verdicts`, `shadow_no_worse`.
 """
 
 from __future__ import annotations
@@ -37,16 +36,15 @@ class Judge:
     FAIL is sticky until `reset()` and reports the evidence at the moment it crossed,
     including `observed`: the requests of each version the judge had taken in by then.
 
-    **Saving and restoring.** `state()` is the evidence of every test (log L_j, the event counts
-    per canary share, the confidence sequence's index, the amount strata, σ², ρ, the FAILs) and
-    the intake's small state (the highest weight and the warm-up, the latency thresholds, the
-    counts, each open block), as JSON-safe data. It leaves out the per-key caps' memory (up to
-    2 × `key_memory` keys per test, megabytes): a new leader restores the evidence and rebuilds
-    the caps from the records its outcome feed still retains (`prime_key_caps`) — never resets
-    them, which would let a key already at its cap add events again, and never counts a record
-    twice: the records the state already covers go to `prime_key_caps`, only the later ones to
-    `observe`. A key whose records the feed no longer holds may count again, as a key unseen
-    for two generations of the caps does in one process.
+    **Saving and restoring.** `state()` is the evidence of every test (log L_j, the event counts per
+    canary share, the confidence sequence's index, the amount strata, σ², ρ, the FAILs) and the
+    intake's small state (the highest weight and the warm-up, the latency thresholds, the counts,
+    each open block), as JSON-safe data. It leaves out the per-key caps' memory (up to 2 ×
+    `key_memory` keys per test, megabytes): a new leader restores the evidence and rebuilds the
+    caps from the records its outcome feed still retains (`prime_key_caps`) — never resets them,
+    which would let a key at its cap add events again, and never counts a record twice: records
+    the state covers go to `prime_key_caps`, later ones to `observe`. A key whose records the feed
+    no longer holds may count again, as a key unseen for two generations of the caps does.
     """
 
     __slots__ = ("config", "_intake", "_events", "_amounts", "_sampled", "_routed", "_feedback", "_lanes", "_paired")
