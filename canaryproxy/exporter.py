@@ -157,7 +157,8 @@ def shadow_families(sender: ShadowSender) -> Iterator[Metric]:
                               value=counters.paired)
     dropped = CounterMetricFamily(
         "canaryproxy_shadow_dropped", "Shadow copies not sent or not compared, by reason (busy: the "
-        "canary fell behind; streamed_body; too_large; client_gone; shutdown).", labels=["reason"])
+        "canary fell behind; streamed_body; too_large; client_gone; shutdown; unsafe: a request that "
+        "must not be sent twice).", labels=["reason"])
     for reason, count in (counters.dropped or {}).items():
         dropped.add_metric([reason], count)
     yield dropped

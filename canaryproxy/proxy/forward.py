@@ -196,7 +196,7 @@ class Forwarder:
         api = api_for_path(path) if self.inspection is not None else ""
         # Made at routing, so that it is at hand however the request ends; filled by the inspector.
         inspection = Inspection() if api else None
-        shadow = self.shadow.call(outcome) if route.shadow and self.shadow is not None else None
+        shadow = self.shadow.call(outcome, api) if route.shadow and self.shadow is not None else None
         self.in_flight += 1
         try:
             return await self._forward(request, outcome, content_length, api, inspection, target, shadow)

@@ -13,6 +13,9 @@
   (beyond that the copy is closed and its pair dropped: `too_large`). So what the shadow holds is
   at most their product. Only buffered request bodies are copied (`streamed_body`: a streamed
   body is the client's, read once, as it is sent to stable).
+* **Only what may be sent twice**: model API requests (they ask for an answer and change nothing)
+  and safe methods; any other request is counted (`unsafe`) and not copied. Each copy carries
+  `X-Canaryproxy-Shadow: 1`, so a canary can tell it from a live request.
 * **Pairs.** When both the user's request and its copy have ended, the two outcomes become a
   `ShadowPair` for the judge's paired tests, with how alike the two texts are
   (core/similarity.py). A user's request that says nothing about stable (the client hung up, its
@@ -46,9 +49,14 @@ from canaryproxy.proxy.responses import cut_short, failure_status
 log = logging.getLogger("canaryproxy.shadow")
 
 # Why a copy was not sent or its pair not compared: the labels of canaryproxy_shadow_dropped_total.
-BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN = (
-    "busy", "streamed_body", "too_large", "client_gone", "shutdown")
-DROP_REASONS = (BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN)
+BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN, UNSAFE = (
+    "busy", "streamed_body", "too_large", "client_gone", "shutdown", "unsafe")
+DROP_REASONS = (BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN, UNSAFE)
+
+# What may be sent twice: a model API request the inspection reads (it asks for an answer and
+# changes nothing), or a safe method. Another POST, PUT, PATCH or DELETE could do its work twice
+# where the canary shares a store with stable: never copied (`unsafe`).
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 SHADOW_HEADER = "X-Canaryproxy-Shadow"  # on every copy: the canary may tell it from a live request
 
@@ -105,9 +113,13 @@ class ShadowSender:
                 "in_flight": self.in_flight, "max_in_flight": self.settings.max_in_flight,
                 "outputs_kept": self.settings.keep_outputs, "differing_samples": list(reversed(self.samples))}
 
-    def call(self, stable: Outcome) -> ShadowCall | None:
-        """A copy of the request `stable` is the outcome of (None while shutting down), launched by
-        `ShadowCall.send` once stable has answered."""
+    def call(self, stable: Outcome, api: str) -> ShadowCall | None:
+        """A copy of the request `stable` is the outcome of, launched by `ShadowCall.prepare` once
+        stable has answered; None while shutting down or for a request that must not be sent twice
+        (`api`: the model API the inspection reads on its path, "" for none)."""
+        if not api and stable.method not in _SAFE_METHODS:
+            self.drop(UNSAFE)
+            return None
         return None if self._closing else ShadowCall(self, stable)
 
     def drop(self, reason: str) -> None:

@@ -152,9 +152,24 @@ async def test_a_client_that_leaves_cancels_the_copy_and_is_not_the_canarys_fail
     assert proxy.data.shadow.counters.sent == 1
 
 
+async def test_a_request_that_must_not_be_sent_twice_is_not_copied(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    proxy = await make_proxy(rollout=shadow_rollout())
+    import aiohttp
+
+    async with aiohttp.ClientSession() as client:
+        for method in ("POST", "PUT", "DELETE"):
+            async with client.request(method, f"http://127.0.0.1:{proxy.data_port}/orders/7", data=b"{}") as r:
+                assert r.status == 200
+        async with client.get(f"http://127.0.0.1:{proxy.data_port}/v1/models") as r:
+            assert r.status == 200
+    await eventually(lambda: len(canary.seen) == 1)  # the GET only
+    assert canary.seen[0].method == "GET" and dropped(proxy, "unsafe") == 3
+
+
 async def test_a_streamed_request_body_is_not_copied(stable_and_canary, make_proxy):
     stable, canary = stable_and_canary
-    stable.on("POST", "/upload", lambda request: _drain(request))
+    stable.on("POST", "/v1/chat/completions", lambda request: _drain(request))
     proxy = await make_proxy(rollout=shadow_rollout(), limits={"max_request_body": "8MiB"})
     import aiohttp
 
@@ -163,7 +178,7 @@ async def test_a_streamed_request_body_is_not_copied(stable_and_canary, make_pro
             yield b"x" * 65536  # 2 MiB, chunked: past the 1 MiB the proxy buffers
 
     async with aiohttp.ClientSession() as client:
-        async with client.post(f"http://127.0.0.1:{proxy.data_port}/upload", data=body()) as r:
+        async with client.post(f"http://127.0.0.1:{proxy.data_port}/v1/chat/completions", data=body()) as r:
             assert r.status == 200
     assert dropped(proxy, "streamed_body") == 1 and not canary.seen
 
