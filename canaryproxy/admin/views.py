@@ -10,7 +10,7 @@ from typing import Any
 from canaryproxy.control.controller import Controller
 from canaryproxy.control.decisions import verdict_record
 from canaryproxy.core.stages import Phase, StepInputs, explain, shadow_share
-from canaryproxy.core.types import LIVE_ROLES
+from canaryproxy.core.types import LIVE_ROLES, Role
 
 # What the dashboard charts, per version: GET /admin/series.
 SERIES_METRICS = ("request_rate", "error_rate", "latency_p95", "ttft_p95", "tokens_per_request",
@@ -63,7 +63,7 @@ def status_document(controller: Controller, window: float = 60.0) -> dict[str, A
         "evaluate_every": controller.evaluate_every,
         "state_store": controller.store.describe(),
         "coordination": controller.peers() if controller.peers is not None else {"backend": "local"},
-        "shadow": shadow_view(controller) if any(s.is_shadow for s in plan.stages) else None,
+        "shadow": shadow_view(controller, window, wall) if any(s.is_shadow for s in plan.stages) else None,
     }
 
 
@@ -72,9 +72,11 @@ def _pending(controller: Controller) -> int:
     return evidence.pending_pairs if controller.plan.is_shadow(controller.state) else evidence.pending_canary_requests
 
 
-def shadow_view(controller: Controller) -> dict[str, Any]:
-    """The shadow panel: the pairs (every process's, through the evidence), the paired tests, and
-    what this process's data plane did with its copies (`controller.shadow_local`)."""
+def shadow_view(controller: Controller, window: float, wall: float) -> dict[str, Any]:
+    """The shadow panel: the pairs (every process's, through the evidence), the paired tests, the
+    canary's compared answers as a window of their own (requests, latency, tokens, cost: shadow
+    spend apart from both versions'), and what this process's data plane did with its copies
+    (`controller.shadow_local`)."""
     judge, evidence, state, plan = controller.judge, controller.evidence, controller.state, controller.plan
     return {
         "share": shadow_share(state, plan),  # percent copied now (0 outside a progressing shadow stage)
@@ -84,6 +86,7 @@ def shadow_view(controller: Controller) -> dict[str, Any]:
         "no_worse": judge is not None and judge.shadow_no_worse(controller.shadow_tolerance,
                                                                 controller.shadow_negligible),
         "pairs": evidence.pairs.summary(),
+        "window": evidence.snapshot(Role.SHADOW, window, wall).summary(),
         "tests": judge.shadow_summary() if judge is not None else None,
         "this_process": controller.shadow_local() if controller.shadow_local is not None else None,
     }

@@ -247,3 +247,22 @@ async def test_shadow_spend_is_reported_apart(stable_and_canary, make_proxy):
             for line in metrics.splitlines() if line.startswith("canaryproxy_cost_usd_total{")}
     assert cost['version="shadow"'] == cost['version="stable"'] > 0  # same answers, same price
     assert cost['version="canary"'] == 0.0  # the canary served no user
+
+
+async def test_the_status_shows_the_shadow_apart(stable_and_canary, make_proxy):
+    import aiohttp
+
+    proxy = await make_proxy(rollout=shadow_rollout(),
+                             pricing={"versions": {"canary": {"input": 1, "output": 2}}})
+    for i in range(4):
+        await chat(proxy.data_port, user=f"u{i}")
+    await eventually(lambda: pairs_of(proxy) == 4)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"http://127.0.0.1:{proxy.admin_port}/admin/status") as r:
+            status = await r.json()
+    shadow = status["shadow"]
+    assert shadow["in_stage"] and shadow["share"] == 100 and status["stage"]["shadow"] == 100
+    assert shadow["pairs"]["pairs"] == 4 and shadow["pairs"]["same_text_rate"] == 1.0
+    assert shadow["window"]["requests"] == 4 and shadow["window"]["cost_usd"] > 0
+    assert status["versions"]["canary"]["requests"] == 0  # the canary served no user
+    assert shadow["this_process"]["paired"] == 4 and shadow["this_process"]["differing_samples"] == []
