@@ -23,6 +23,8 @@ import pytest
 from canaryproxy.admin.api import weight_history
 from canaryproxy.server import CanaryProxy
 from tests.llm import chat_handler
+from tests.shadow.conftest import CHAT, chat, shadow_rollout, words_handler
+from tests.support import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -224,7 +226,7 @@ async def test_the_page_allows_only_its_own_script_and_style(upstreams, make_pro
     assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
     assert policy["script-src"].startswith("'sha256-") and "unsafe" not in policy["script-src"]
     assert policy["frame-ancestors"] == "'none'"
-    assert len(page.encode()) < 40_000
+    assert len(page.encode()) < 44_000  # was 40 kB before the shadow panel
 
 
 # --- in the browser --------------------------------------------------------------------------------
@@ -332,12 +334,14 @@ async def test_the_page_draws_the_rollout_and_a_line_in_every_chart(rollout, bro
             "legend": page.js("return document.querySelector('[data-chart=latency_p95] .legend')"
                               ".textContent"),
             "feedback_hidden": page.js("return document.querySelector('[data-chart=negative_feedback_share]').hidden"),
+            "shadow_hidden": page.js("return document.getElementById('shadow').hidden"),
             "errors": page.console_errors(),
         }
 
     seen = await asyncio.to_thread(look)
     assert set(seen["points"]) == set(CHARTS)  # and not the feedback chart: this proxy takes none
     assert seen["feedback_hidden"] is True
+    assert seen["shadow_hidden"] is True  # a plan without a shadow stage
     assert seen["points"]["weight"] >= 2  # 0% before the start, 50% since
     assert "50%" in seen["current_stage"] and "stage 1" in seen["current_stage"]
     assert seen["weight"] == "50%"
@@ -393,3 +397,76 @@ async def test_an_unreachable_admin_api_shows_a_banner_and_no_script_error(rollo
     seen = await asyncio.to_thread(banner)
     assert seen["banner"].startswith("The admin API is unreachable (/admin/status). Retrying every 2 s.")
     assert seen["errors"] == []
+
+
+# --- a shadow stage ----------------------------------------------------------------------------------
+
+# The canary's answer is HTML-looking text: the sample that shows it must show it as text.
+HOSTILE_WORDS = ["<img", "src=x", "id=injected-sample>", "is", "42", "</pre>"]
+
+
+async def test_a_shadow_stage_has_a_panel_with_its_pairs_tests_and_differing_samples(upstreams, make_proxy, browser):
+    stable, canary = upstreams
+    stable.on("POST", CHAT, words_handler(["the", "answer", "is", "42"]))
+    canary.on("POST", CHAT, words_handler(HOSTILE_WORDS))
+    shadowing = await make_proxy(rollout=shadow_rollout(min_requests=20), shadow={"keep_outputs": True})
+    for user in range(5):
+        await chat(shadowing.data_port, user=f"u{user}", stream=user % 2 == 1)
+    await eventually(lambda: shadowing.control.evidence.pairs.pairs == 5)
+    page = Page(browser, shadowing.admin_port)
+
+    def look() -> dict[str, Any]:
+        page.open()
+        page.until("return !document.getElementById('shadow').hidden")
+        page.until("return document.querySelectorAll('#shadow-samples details').length === 5")
+        page.js("document.querySelector('#shadow-samples details').open = true")
+        text = "return document.getElementById(arguments[0]).textContent"
+        return {
+            "state": page.js(text, "shadow-state"), "verdict": page.js(text, "shadow-verdict"),
+            "facts": page.js("return Object.fromEntries([...document.querySelectorAll('#shadow [data-fact]')]"
+                             ".map((e) => [e.dataset.fact, e.textContent]))"),
+            "tests": page.js("return Object.fromEntries([...document.querySelectorAll('#shadow-tests tr')]"
+                             ".map((r) => [r.dataset.test, [...r.cells].slice(1, 6).map((c) => c.textContent)]))"),
+            "kept": page.js(text, "shadow-kept"),
+            "canary_text": page.js("return document.querySelector('#shadow-samples pre[data-side=canary]').textContent"),
+            "injected": page.js("return document.getElementById('injected-sample') !== null"),
+            "stage": page.js("return document.querySelector('#timeline li.current').textContent"),
+            "hold": page.js(text, "hold-text"), "header": page.js(text, "stage-text"),
+            "errors": page.console_errors(),
+        }
+
+    seen = await asyncio.to_thread(look)
+    assert seen["state"] == "copying 100% of the requests to the canary; users get stable's answers"
+    assert seen["verdict"] == "not shown no worse yet"
+    facts = seen["facts"]
+    assert facts["pairs compared"] == "5" and facts["same text"] == "0%" and facts["sent"] == "5"
+    assert facts["tokens"] == "1.50\u00d7" and facts["dropped"] == "0" and facts["in flight"] == "0 of 64"
+    assert set(seen["tests"]) == {"failed", "schema", "guardrail", "truncation", "completion_tokens",
+                                  "output_length", "latency", "ttft"}
+    assert seen["tests"]["completion_tokens"] == ["pass", "5", "0", "5", "\u2013"]  # status, worse, worse, compared, odds
+    assert seen["kept"] == "newest first, with their texts"
+    assert seen["canary_text"].split() == HOSTILE_WORDS and not seen["injected"]  # text, never HTML
+    assert "shadow 100%" in seen["stage"] and "pairs compared 5 of 20" in seen["hold"]
+    assert "shadow 100%" in seen["header"]
+    assert seen["errors"] == []
+
+
+async def test_without_kept_outputs_the_samples_say_their_texts_are_not_kept(upstreams, make_proxy, browser):
+    stable, canary = upstreams
+    stable.on("POST", CHAT, words_handler(["the", "answer"]))
+    canary.on("POST", CHAT, words_handler(["another", "answer"]))
+    shadowing = await make_proxy(rollout=shadow_rollout())
+    await chat(shadowing.data_port, user="u1")
+    await eventually(lambda: shadowing.control.evidence.pairs.pairs == 1)
+    page = Page(browser, shadowing.admin_port)
+
+    def look() -> dict[str, Any]:
+        page.open()
+        page.until("return document.querySelectorAll('#shadow-samples details').length === 1")
+        return {"kept": page.js("return document.getElementById('shadow-kept').textContent"),
+                "texts": page.js("return document.querySelectorAll('#shadow-samples pre').length"),
+                "summary": page.js("return document.querySelector('#shadow-samples summary').textContent")}
+
+    seen = await asyncio.to_thread(look)
+    assert seen["kept"] == "newest first; their texts are not kept (shadow.keep_outputs: false)"
+    assert seen["texts"] == 0 and "texts differ (overlap 33%)" in seen["summary"]

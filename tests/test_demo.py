@@ -20,6 +20,11 @@ from tests.support import eventually
 # Short holds keep the file under a minute; the rate gives the 5% stage its 60 canary requests in
 # about 4 s. Each scenario must end well within DEADLINE.
 RATE, HOLD, DEADLINE = 300.0, 2.5, 40.0
+# The shadow copies add half the traffic again to the demo's one event loop; at RATE that loop
+# falls behind, and a copy, which starts on a task of its own a loop turn after the user's
+# request, then measures that wait as the canary's latency and time to first token: a healthy
+# canary loses the paired latency tests. At this rate the loop keeps up.
+SHADOW_RATE = 150.0
 
 # What must have fired (at least one of) for each regression: the rule or judge test on its metric.
 # A guardrail also cuts structured outputs short, so schema checks may fire beside it.
@@ -32,6 +37,9 @@ EXPECTED = {
     "guardrail": ("rolled_back", {"guardrails", "judge:guardrail"}),
     "schema": ("rolled_back", {"schema", "judge:schema"}),
     "feedback": ("rolled_back", {"judge:negative_feedback"}),
+    "shadow": ("rolled_back", {"judge:shadow_completion_tokens", "judge:shadow_output_length",
+                               "judge:shadow_schema"}),
+    "shadow-healthy": ("promoted", set()),
 }
 ALSO_ALLOWED = {"guardrail": {"schema", "judge:schema"}}
 
@@ -66,6 +74,33 @@ async def test_a_healthy_canary_is_promoted_and_keep_running_goes_on_until_stopp
     assert "still running: traffic through http://127.0.0.1:" in out.getvalue()
     assert "promoted stage 3/3 weight 100%" in out.getvalue().splitlines()[-1]
     await _assert_closed(result.admin_url)
+
+
+async def test_a_shadow_stage_rolls_back_a_worse_canary_before_any_user_is_served_by_it():
+    out = io.StringIO()
+    result = await asyncio.wait_for(run_demo("shadow", rate=SHADOW_RATE, hold=HOLD, out=out, seed=1), DEADLINE)
+    outcome, expected = EXPECTED["shadow"]
+    assert result.outcome == outcome, result.reason
+    assert set(result.fired) & expected and set(result.fired) <= expected, result.reason
+    assert result.regression_at is not None and result.regression_at < 0.5  # from the start
+    assert result.decision["before"]["stage"] == 1 and "no user was served by the canary" in result.reason
+    assert result.served_by_canary == 0 and result.answers > 100  # x-canary-version never said canary
+    text = out.getvalue()
+    assert "progressing stage 1/3 weight 0% shadow 50% | stable" in text and "| shadow pairs " in text
+    assert "ROLLED BACK after" in text and "in the shadow stage" in text
+    assert f"answers served by the canary: 0 of {result.answers}" in text
+
+
+async def test_a_healthy_canary_passes_the_shadow_stage_and_is_promoted():
+    out = io.StringIO()
+    result = await asyncio.wait_for(run_demo("shadow-healthy", rate=SHADOW_RATE, hold=HOLD, out=out, seed=1),
+                                    DEADLINE)
+    assert result.outcome == "promoted" and result.fired == (), result.reason
+    assert 0 < result.served_by_canary < result.answers  # live at 25% and 50% after the shadow
+    lines = out.getvalue().splitlines()
+    shadowed = [line for line in lines if "stage 1/3 weight 0% shadow 50%" in line]
+    live = [line for line in lines if line.startswith("[") and " stage 2/3 weight 25%" in line]
+    assert shadowed and live and lines.index(shadowed[-1]) < lines.index(live[0])
 
 
 def _status_lines_after_the_outcome(text: str) -> list[str]:
@@ -103,10 +138,22 @@ def test_the_demo_config_is_valid_and_its_windows_fit_the_first_stage(rate, hold
     config = parse(demo_config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2", rate, hold), {})
     rollout = config.rollout
     assert [s.weight for s in rollout.stages] == [5, 25, 50] and {s.hold for s in rollout.stages} == {hold}
-    first_stage_rate = rate * 0.05
+    _assert_the_rules_can_pass(rollout, rate * 0.05)  # the 5% stage can pass at all
+
+
+@pytest.mark.parametrize("rate, hold", [(200.0, 15.0), (50.0, 0.5)])
+def test_a_shadow_scenarios_plan_starts_with_a_shadow_stage_in_place_of_the_5_percent_one(rate, hold):
+    config = parse(demo_config_yaml("http://127.0.0.1:1", "http://127.0.0.1:2", rate, hold, shadow=50), {})
+    rollout = config.rollout
+    assert [(s.shadow, s.weight) for s in rollout.stages] == [(50, None), (None, 25), (None, 50)]
+    assert rollout.judge.enabled and config.shadow.keep_outputs and config.shadow.negligible == 0.3
+    _assert_the_rules_can_pass(rollout, rate * 0.25)
+
+
+def _assert_the_rules_can_pass(rollout, first_live_stage_rate: float) -> None:
     for rule in rollout.rules:
         share = 0.4 if rule.metric == "schema_failure_rate" else 1.0  # structured requests only
-        assert rule.window * first_stage_rate * share >= rule.min_samples  # the 5% stage can pass at all
+        assert rule.window * first_live_stage_rate * share >= rule.min_samples
 
 
 async def test_an_unknown_scenario_is_a_config_error():

@@ -8,7 +8,10 @@ behaviour with a plain method call, and lets a test run it with `await run_demo(
 one core for all of it, which is why the simulated answers are short and the rate modest.
 
 A scenario's regression starts when the rollout reaches stage 2, by changing the canary
-simulator's behaviour at run time; the rules and the judge then have to notice it.
+simulator's behaviour at run time; the rules and the judge then have to notice it. A shadow
+scenario's plan starts with a shadow stage (in place of the 5% one), and its regression is there
+from the start: the shadow stage must catch it before any user is served by the canary, which
+the demo checks by counting the answers whose served-by header (`x-canary-version`) says canary.
 
 The rollout section (`ROLLOUT_YAML`) is written the way a user would write it; the numbers that
 depend on the demo's speed (holds, windows, sample sizes) are filled in by `rollout_yaml`.
@@ -56,6 +59,8 @@ class DemoResult:
     regression_at: float | None  # seconds from the start of the traffic to the regression
     decision: dict[str, Any] | None  # the decision record, as GET /admin/decisions shows it
     admin_url: str
+    served_by_canary: int = 0  # user answers whose served-by header said canary, up to the outcome
+    answers: int = 0  # user answers with a served-by header, up to the outcome
 
     @property
     def fired(self) -> tuple[str, ...]:
@@ -100,13 +105,15 @@ async def run_demo(
     try:
         await stable.start()
         await canary.start()
-        config = parse(demo_config_yaml(stable.url, canary.url, rate, hold), {}, "<demo config>")
+        config = parse(demo_config_yaml(stable.url, canary.url, rate, hold, SCENARIOS[scenario].shadow), {},
+                       "<demo config>")
         proxy = CanaryProxy(config)
         await proxy.start()
         proxy_url = f"http://127.0.0.1:{proxy.data_port}"
         ratings = FeedbackPlan(proxy_url + config.feedback.path, config.feedback.header, FEEDBACK_SHARE,
                                FEEDBACK_DELAY * hold)
-        traffic = Traffic(proxy_url, rate, seed=rng.randrange(2**32), feedback=ratings)
+        traffic = Traffic(proxy_url, rate, seed=rng.randrange(2**32), feedback=ratings,
+                          served_by_header=config.routing.served_by_header)
         run = DemoRun(SCENARIOS[scenario], proxy, canary, traffic, screen, keep_running)
         traffic.start()
         result = await run.until_outcome(stop)
@@ -147,7 +154,7 @@ class DemoRun:
     async def until_outcome(self, stop: asyncio.Event) -> DemoResult:
         next_frame = 0.0
         while True:
-            self._start_regression_at_stage_2()
+            self._start_regression()  # the first time round, before the traffic sends anything
             phase = self.controller.state.phase.value
             if phase in FINAL_PHASES or stop.is_set():
                 self.result = self._result(phase if phase in FINAL_PHASES else "interrupted")
@@ -163,8 +170,11 @@ class DemoRun:
         while not await _wait(stop, self.screen.interval):
             self.screen.show(self.frame())
 
-    def _start_regression_at_stage_2(self) -> None:
-        if self.regression_at is None and self.scenario.regression and self.controller.state.stage >= 1:
+    def _start_regression(self) -> None:
+        """At stage 2, or from the start in a shadow scenario."""
+        scenario = self.scenario
+        due = scenario.regression_from_start or self.controller.state.stage >= 1
+        if self.regression_at is None and scenario.regression and due:
             self.canary.configure(self.scenario.regression)
             self.regression_at = self.elapsed()
 
@@ -176,8 +186,10 @@ class DemoRun:
             decision = next(d for d in reversed(list(self.controller.decisions))
                             if d["kind"] == "transition" and d["after"]["phase"] == outcome)
             reason = decision["summary"]
+        served = self.traffic.served_by
         return DemoResult(scenario=self.scenario.name, outcome=outcome, reason=reason, elapsed=self.elapsed(),
-                          regression_at=self.regression_at, decision=decision, admin_url=self.admin_url)
+                          regression_at=self.regression_at, decision=decision, admin_url=self.admin_url,
+                          served_by_canary=served.get("canary", 0), answers=sum(served.values()))
 
     def frame(self) -> Frame:
         window = min(STATUS_WINDOW, max(1.0, self.elapsed()))  # a rate over seconds that had traffic

@@ -20,11 +20,22 @@ CANARY = Behaviour(latency=0.25, ttft=0.08, tokens_mean=60, error_rate=0.01, dis
                    model="demo-model-v2")
 
 
+SHADOW_SHARE = 50.0  # percent of the requests a shadow scenario's first stage copies to the canary
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     story: str  # one line for the top of the screen
-    regression: Mapping[str, object] = field(default_factory=dict)  # canary changes at stage 2
+    regression: Mapping[str, object] = field(default_factory=dict)  # how the canary changes
+    # Percent of the requests copied to the canary in a shadow stage before the live ones; 0: none.
+    # A shadow scenario's regression is there from the start: it is the shadow stage's to catch,
+    # before any user is served by the canary. The others' starts at stage 2, once users are.
+    shadow: float = 0.0
+
+    @property
+    def regression_from_start(self) -> bool:
+        return self.shadow > 0
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -40,6 +51,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              {"schema_break_rate": 0.20}),
     Scenario("feedback", "at stage 2 users start to dislike the canary's answers twice as often",
              {"dislike_rate": CANARY.dislike_rate * 2}),
+    Scenario("shadow", "a shadow stage rolls back a canary with longer, schema-breaking answers before "
+             "it serves anyone", {"tokens_mean": CANARY.tokens_mean * 1.6, "schema_break_rate": 0.20},
+             shadow=SHADOW_SHARE),
+    Scenario("shadow-healthy", "the canary passes a shadow stage, then is promoted stage by stage",
+             shadow=SHADOW_SHARE),
 )}
 
 # The demo's users rate this share of the answers (thumbs up or down) after a lognormal delay of
@@ -61,10 +77,7 @@ rollout:
   # stage the canary is promoted to 100%: a stage at 100% would leave the rules that compare
   # with stable nothing to compare with.
   stages:
-    - {weight: 5, hold: $hold}
-    - {weight: 25, hold: $hold}
-    - {weight: 50, hold: $hold}
-  # Canary requests a stage must see before it may advance.
+$stages  # Canary requests a stage must see before it may advance (pairs compared, in a shadow stage).
   min_requests: $min_requests
   # A stage still without enough data after this long pauses the rollout.
   max_hold: $max_hold
@@ -116,27 +129,66 @@ rollout:
     warmup: $warmup
 """)
 
-FIRST_STAGE_WEIGHT = 5.0
+# A shadow stage's section, for a plan that has one.
+SHADOW_YAML = string.Template("""\
+shadow:
+  # A shadow stage advances once the paired tests show the canary no worse: for every compared
+  # quantity, its odds of being the worse side of a pair are below `tolerance` (1.5x), or it is
+  # the worse side in at most `negligible` more of the pairs than stable. The simulator draws
+  # each answer's length and latency anew, so most pairs differ by chance, and showing the
+  # default 1% takes tens of thousands of pairs; the demo's stages last seconds. A worse canary
+  # is rolled back by the paired tests themselves, whatever this says.
+  negligible: $negligible
+  # Keep the texts of the differing pairs for the dashboard: the demo's users and answers are
+  # made up. Off by default, so that no user's text is kept.
+  keep_outputs: true
+""")
+SHADOW_NEGLIGIBLE = 0.3
+
 STRUCTURED_SHARE = 0.4  # share of demo requests asking for a json_schema answer
 STREAMING_SHARE = 0.5
 USERS = 3000
 
 
-def rollout_yaml(rate: float, hold: float) -> str:
+# The canary's weight in each live stage. A shadow scenario's plan starts with a shadow stage
+# instead of the 5% one: a first look at the canary that costs no user anything, on more requests.
+LIVE_STAGES = (5.0, 25.0, 50.0)
+LIVE_STAGES_AFTER_SHADOW = (25.0, 50.0)
+SHADOW_STAGE = string.Template("""\
+    # A shadow stage: $share% of the requests are also sent to the canary, whose answers no user
+    # sees; the two answers to each request are compared by the judge's paired tests.
+    - {shadow: $share, hold: $hold}
+""")
+
+
+def _stages_yaml(hold: float, shadow: float) -> str:
+    held = format_duration(hold)
+    live = "".join(f"    - {{weight: {weight:g}, hold: {held}}}\n" for weight in _live_stages(shadow))
+    return (SHADOW_STAGE.substitute(share=f"{shadow:g}", hold=held) if shadow else "") + live
+
+
+def _live_stages(shadow: float) -> tuple[float, ...]:
+    return LIVE_STAGES_AFTER_SHADOW if shadow else LIVE_STAGES
+
+
+def rollout_yaml(rate: float, hold: float, shadow: float = 0.0) -> str:
     """The rollout section for `rate` requests/s and stage holds of `hold` seconds.
 
     A stage advances only when every rule passes, and a rule says nothing until its window holds
-    `min_samples` canary samples, so the window must hold enough of the first stage's canary
-    traffic (5% of the rate): 1.5x the time it takes to collect them, and at least a hold. 60
+    `min_samples` canary samples, so the window must hold enough of the first live stage's canary
+    traffic (5% of the rate; 25% after a shadow stage): 1.5x the time it takes to collect them,
+    and at least a hold. 60
     requests keep the errors rule quiet on a healthy 1% canary (3 failures in 60 would already
     be 5%); schema failures have no such base rate, so 20 structured outputs are enough.
+    With `shadow`, the plan starts with a shadow stage copying that percent of the requests.
     """
     min_samples, schema_min_samples = 60, 20
-    first_stage_rate = rate * FIRST_STAGE_WEIGHT / 100
+    first_stage_rate = rate * _live_stages(shadow)[0] / 100
     collect = max(min_samples / first_stage_rate, schema_min_samples / (first_stage_rate * STRUCTURED_SHARE))
     window = max(hold, 1.5 * collect)
     evaluate_every = min(1.0, max(0.1, hold / 5))
     return ROLLOUT_YAML.substitute(
+        stages=_stages_yaml(hold, shadow),
         hold=format_duration(hold),
         min_requests=max(10, round(first_stage_rate * hold / 2)),
         max_hold=format_duration(max(10 * hold, 4 * window)),
@@ -150,8 +202,9 @@ def rollout_yaml(rate: float, hold: float) -> str:
     )
 
 
-def demo_config_yaml(stable_url: str, canary_url: str, rate: float, hold: float) -> str:
-    """The whole proxy config of the demo: free loopback ports, the rollout of `rollout_yaml`."""
+def demo_config_yaml(stable_url: str, canary_url: str, rate: float, hold: float, shadow: float = 0.0) -> str:
+    """The whole proxy config of the demo: free loopback ports, the rollout of `rollout_yaml`
+    (with a shadow stage copying `shadow` percent of the requests, and its `shadow` section)."""
     bucket = min(1.0, max(0.1, hold / 5))
     return f"""\
 listen: 127.0.0.1:0
@@ -179,7 +232,8 @@ pricing:
   versions:
     stable: {{input: 0.5, output: 1.5}}
     canary: {{input: 0.5, output: 1.5}}
-{rollout_yaml(rate, hold)}"""
+{SHADOW_YAML.substitute(negligible=f"{SHADOW_NEGLIGIBLE:g}") if shadow else ""}\
+{rollout_yaml(rate, hold, shadow)}"""
 
 
 # --- traffic ------------------------------------------------------------------------------------------

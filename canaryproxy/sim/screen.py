@@ -40,13 +40,18 @@ class Frame:
             + (f", {run.traffic.skipped} not sent (this machine cannot keep up: try a lower --rate)"
                if run.traffic.skipped else ""),
             self._regression_line(),
+            *self._served_line(),
             "",
             "stages  " + "  ".join(self._stage_cells()),
         ]
         # Judge tests that pass are counted, not listed: the view must fit a terminal.
         judged = self.status.get("judge_verdicts") or []
         unwell = [v for v in judged if v["status"] != "pass"]
-        lines = header + render_status({**self.status, "judge_verdicts": unwell}).split("\n")
+        status = {**self.status, "judge_verdicts": unwell}
+        shadow = status.get("shadow")
+        if shadow is not None and not shadow.get("in_stage"):
+            status["shadow"] = {**shadow, "tests": None}  # its tests' table had its time on screen
+        lines = header + render_status(status).split("\n")
         if judged:
             lines.append(f"  judge: {len(judged) - len(unwell)} of {len(judged)} tests pass")
         return lines
@@ -55,12 +60,18 @@ class Frame:
         """One line for logs and CI."""
         status = self.status
         stage = status.get("stage") or {}
+        in_shadow = bool(stage.get("shadow")) and status.get("shadow") is not None  # or rolled back in it
+        share = f" shadow {stage['shadow']:g}%" if in_shadow and status["phase"] == "progressing" else ""
         cells = [f"[{self.run.elapsed():5.1f}s] {status['phase']} stage {stage.get('number')}/"
-                 f"{stage.get('of')} weight {status['weight']:g}%"]
-        for role in ("stable", "canary"):
+                 f"{stage.get('of')} weight {status['weight']:g}%{share}"]
+        # In a shadow stage the canary serves nobody: its answers are the shadow's pairs.
+        roles = ("stable",) if in_shadow else ("stable", "canary")
+        for role in roles:
             metrics = ((status.get("versions") or {}).get(role) or {}).get("metrics") or {}
             cells.append(role + " " + " ".join(
                 f"{label} {show(metrics.get(name, {}).get('value'))}" for label, name, show in _LINE_METRICS))
+        if in_shadow:
+            cells.append(_shadow_cell(status["shadow"]))
         verdicts = list(status.get("rules") or []) + list(status.get("judge_verdicts") or [])
         unwell = [f"{v['source']} {v['status']}" for v in verdicts if v["status"] != "pass"]
         cells.append("checks: " + (", ".join(unwell) if unwell else f"all {len(verdicts)} pass"))
@@ -72,9 +83,18 @@ class Frame:
             return "regression: none, the canary stays like stable"
         change = ", ".join(f"{name} {_setting(name, getattr(CANARY, name))} -> {_setting(name, value)}"
                            for name, value in run.scenario.regression.items())
+        if run.scenario.regression_from_start:
+            return f"regression from the start, for the shadow stage to catch: {change}"
         if run.regression_at is None:
             return f"regression when stage 2 begins: {change}"
         return f"regression started at {run.regression_at:.1f}s: {change}"
+
+    def _served_line(self) -> list[str]:
+        """How many users the canary served (the served-by header): 0 while in the shadow."""
+        if not self.run.scenario.shadow:
+            return []
+        served = self.run.traffic.served_by
+        return [f"answers served by the canary: {served.get('canary', 0)} of {sum(served.values())}"]
 
     def _stage_cells(self) -> list[str]:
         status = self.status
@@ -90,7 +110,8 @@ class Frame:
                 if index == current and phase == "progressing":
                     done = (stage.get("elapsed") or 0) / planned["hold"] if planned["hold"] else 1.0
                 bar = progress_bar(done, 1.0, width=10)
-            cells.append(f"{planned['weight']:g}% {bar}")
+            share = f"shadow {planned['shadow']:g}%" if planned.get("shadow") else f"{planned['weight']:g}%"
+            cells.append(f"{share} {bar}")
         return cells + ["then 100%" + (" [promoted]" if phase == "promoted" else "")]
 
 
@@ -118,6 +139,19 @@ _LINE_METRICS = (
 )
 
 
+def _shadow_cell(shadow: dict[str, Any]) -> str:
+    pairs = shadow.get("pairs") or {}
+    ratios = pairs.get("ratios") or {}
+
+    def times(name: str) -> str:
+        ratio = (ratios.get(name) or {}).get("canary_over_stable")
+        return "-" if ratio is None else f"{ratio:.2f}x"
+
+    return (f"shadow pairs {pairs.get('pairs', 0)} same-text {_ratio(pairs.get('same_text_rate'))} "
+            f"canary/stable tok {times('completion_tokens')} lat {times('latency')} "
+            f"no-worse {'yes' if shadow.get('no_worse') else 'no'}")
+
+
 def _setting(name: str, value: object) -> str:
     if name in ("latency", "ttft") and isinstance(value, float):
         return format_duration(value)
@@ -134,15 +168,20 @@ def outcome_lines(run: DemoRun) -> list[str]:
         head = f"PROMOTED after {result.elapsed:.1f}s: the canary takes all traffic"
     elif result.outcome == "rolled_back":
         head = f"ROLLED BACK after {result.elapsed:.1f}s"
-        if result.regression_at is not None:
+        stage = ((result.decision or {}).get("before") or {}).get("stage", 0) - 1
+        if 0 <= stage < len(run.controller.plan.stages) and run.controller.plan.stages[stage].is_shadow:
+            head += ", in the shadow stage"
+        elif result.regression_at is not None:
             head += f", {result.elapsed - result.regression_at:.1f}s after the regression started"
     elif result.outcome == "paused":
         head = f"PAUSED after {result.elapsed:.1f}s: the rollout waits for an operator"
     else:
         head = f"STOPPED after {result.elapsed:.1f}s, before the rollout ended"
     url = result.admin_url
-    lines = [head, f"  why: {result.reason}",
-             f"  admin: {url} (status {url}admin/status, decisions {url}admin/decisions)"]
+    lines = [head, f"  why: {result.reason}"]
+    if run.scenario.shadow:
+        lines.append(f"  answers served by the canary: {result.served_by_canary} of {result.answers}")
+    lines.append(f"  admin: {url} (status {url}admin/status, decisions {url}admin/decisions)")
     if run.keep_running and result.outcome != "interrupted":
         lines.append(f"  still running: traffic through {run.proxy_url} goes on until Ctrl-C")
     return lines

@@ -61,17 +61,21 @@ def render_status(status: dict[str, Any]) -> str:
     if phase == "static":
         return f"no rollout configured; canary weight {weight:g}%"
     stage = status.get("stage") or {}
-    head = f"phase {phase}   weight {weight:g}%"
+    # A shadow stage serves no user with the canary: what it does is copy a share of the requests.
+    in_shadow = bool(stage.get("shadow")) and phase == "progressing"
+    head = f"phase {phase}   " + (f"shadow {stage['shadow']:g}% (weight {weight:g}%)" if in_shadow
+                                  else f"weight {weight:g}%")
     if stage:
         head += f"   stage {stage.get('number')}/{stage.get('of')}"
     lines.append(head)
     if phase == "progressing" and stage:
         hold, elapsed = stage.get("hold") or 0, stage.get("elapsed") or 0
         left = stage.get("hold_left")
+        counted = "pairs compared" if in_shadow else "canary requests"
         lines.append(
             f"hold {progress_bar(elapsed, hold)} {format_duration(elapsed)} of {format_duration(hold)}"
             + (f", {format_duration(left)} left" if left else "")
-            + f"   canary requests {stage.get('requests', 0)}/{stage.get('min_requests', 0)}"
+            + f"   {counted} {stage.get('requests', 0)}/{stage.get('min_requests', 0)}"
         )
     if status.get("explain"):
         lines.append(status["explain"])
@@ -83,10 +87,84 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"{title:<18}{'stable':>14}{'canary':>14}")
         for label, cell in VERSION_ROWS:
             lines.append(f"{label:<18}{cell(versions.get('stable', {})):>14}{cell(versions.get('canary', {})):>14}")
+    shadow = status.get("shadow")
+    if shadow:
+        lines.append("")
+        lines += shadow_lines(shadow, stage.get("shadow") or _planned_share(status))
     verdicts = list(status.get("rules") or []) + list(status.get("judge_verdicts") or [])
+    if shadow:  # the paired tests are in the shadow section's table
+        verdicts = [v for v in verdicts if not v["source"].startswith(SHADOW_VERDICTS) or v["status"] != "pass"]
     if verdicts:
         lines.append("")
         lines.append("rules")
         for v in verdicts:
             lines.append(f"  {v['source']:<22} {v['status']:<13} {v['reason']}")
     return "\n".join(lines)
+
+
+# --- the shadow stage ---------------------------------------------------------------------------------
+
+SHADOW_VERDICTS = "judge:shadow_"
+# What the pairs' canary ÷ stable ratios are called on screen.
+RATIO_LABELS = (("completion_tokens", "tokens"), ("output_chars", "output length"), ("latency", "latency"),
+                ("ttft", "ttft"))
+
+
+def _planned_share(status: dict[str, Any]) -> float:
+    """The plan's shadow share (its first shadow stage), for a view outside the shadow stage."""
+    return next((s["shadow"] for s in status.get("plan") or [] if s.get("shadow")), 0.0)
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def shadow_lines(shadow: dict[str, Any], planned: float) -> list[str]:
+    """The shadow section: what was copied, how alike the answers are, the paired tests' counts."""
+    pairs = shadow.get("pairs") or {}
+    share = shadow.get("share") or 0
+    if shadow.get("in_stage") and share:
+        head = f"shadow: copying {share:g}% of the requests to the canary; users get stable's answers"
+    else:
+        head = f"shadow: the shadow stage copied {planned:g}% of the requests to the canary; not copying now"
+    lines = [head, f"  pairs compared {pairs.get('pairs', 0)}" + _this_process(shadow.get("this_process"))]
+    lines.append(f"  same text {_pct1(pairs.get('same_text_rate'))} of {pairs.get('texts_compared') or 0}"
+                 f" compared, mean word overlap {_pct1(pairs.get('mean_text_overlap'))}")
+    ratios = pairs.get("ratios") or {}
+    cells = [f"{label} {_times((ratios.get(name) or {}).get('canary_over_stable'))}" for name, label in RATIO_LABELS]
+    lines.append("  canary/stable: " + ", ".join(cells))
+    failed, schema = pairs.get("failed") or {}, pairs.get("schema") or {}
+    lines.append(f"  failed only: canary {failed.get('canary_only', 0)}, stable {failed.get('stable_only', 0)}"
+                 f"   schema broken only: canary {schema.get('canary_only', 0)}, stable "
+                 f"{schema.get('stable_only', 0)} (of {schema.get('compared', 0)})")
+    lines += _paired_tests(shadow.get("tests"))
+    negligible = shadow.get("negligible") or 0
+    lines.append(f"  no worse: {'yes' if shadow.get('no_worse') else 'no'}   (each test: odds bound ≤ "
+                 f"{shadow.get('tolerance', 0):g}x, or canary worse in ≤ {negligible * 100:g}% more pairs)")
+    return lines
+
+
+def _pct1(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+def _this_process(local: dict[str, Any] | None) -> str:
+    if not local:
+        return ""
+    dropped = {reason: n for reason, n in (local.get("dropped") or {}).items() if n}
+    drops = ", ".join(f"{reason} {n}" for reason, n in dropped.items()) if dropped else "none"
+    return (f"; this process: {local.get('sent', 0)} sent, {local.get('in_flight', 0)} in flight"
+            f" (max {local.get('max_in_flight', 0)}), dropped {drops}")
+
+
+def _paired_tests(tests: dict[str, Any] | None) -> list[str]:
+    if not tests or not tests.get("tests"):
+        return []
+    lines = [f"  {'paired test':<19}{'canary worse':>14}{'stable worse':>14}{'compared':>10}  {'status':<8}odds bound"]
+    for name, test in tests["tests"].items():
+        evidence = test.get("evidence") or {}
+        bound = test.get("odds_upper_bound")
+        lines.append(f"  {name:<19}{evidence.get('canary_worse', 0):>14}{evidence.get('stable_worse', 0):>14}"
+                     f"{evidence.get('compared', 0):>10}  {test.get('status', '?'):<8}"
+                     + ("-" if bound is None else f"{bound:.2f}x"))
+    return lines

@@ -1,6 +1,7 @@
 """The demo's users: sticky traffic at a steady rate, half streaming, some asking for structured
 outputs, through the proxy like any client — and, with a `FeedbackPlan`, rating a share of the
-answers a while later, quoting the proxy's feedback token as an application would."""
+answers a while later, quoting the proxy's feedback token as an application would. They count
+which version served each answer, as the proxy's served-by header says."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,9 +83,11 @@ class Traffic:
     TICK = 0.01
 
     def __init__(self, url: str, rate: float, seed: int | None = None,
-                 feedback: FeedbackPlan | None = None) -> None:
+                 feedback: FeedbackPlan | None = None, served_by_header: str | None = None) -> None:
         self.url = url + "/v1/chat/completions"
         self.feedback = feedback
+        self.served_by_header = served_by_header
+        self.served_by: Counter[str] = Counter()  # answers by the version the served-by header named
         self.rated = 0  # feedback posts the proxy accepted
         self.rating_failed = 0  # feedback posts refused or unanswered
         self.rate = rate
@@ -136,6 +140,8 @@ class Traffic:
         try:
             async with self._session.post(self.url, data=body, headers=headers) as response:
                 await response.read()
+                if self.served_by_header is not None and self.served_by_header in response.headers:
+                    self.served_by[response.headers[self.served_by_header]] += 1
                 if response.status != 200:
                     self.failed += 1
                 elif self.feedback is not None and rng.random() < self.feedback.share:
