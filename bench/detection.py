@@ -28,6 +28,8 @@ successful responses are rated by their user after a lognormal delay (median 30 
 minutes for the slowest 2%), negatively with probability 10% on a healthy version; the records
 reach `Evidence.record_feedback` when due, as they would through the proxy's feedback endpoint,
 and the judge runs with its feedback tests (`JudgeConfig(feedback=True)`: the family α stays 1%).
+In the schema scenarios (only there, likewise) every successful answer is checked against a
+schema, which a healthy version fails 1% of the time.
 
 Decision methods. `judge`: the judge with its defaults and no operator rules. `thresholds`: no
 judge, and the operator rules of config/example.yaml (`THRESHOLD_RULES`). Both use the same seeds,
@@ -95,6 +97,8 @@ COMPLETION_MEDIAN, COMPLETION_USER_SIGMA, COMPLETION_SIGMA = 250.0, 0.3, 0.6
 CHARS_PER_TOKEN = 4
 GUARDRAIL_RATE = 0.005
 GUARDRAIL = ("moderation",)
+# In the schema scenarios (and only there) every successful answer is checked against a schema.
+SCHEMA_FAILURE_RATE = 0.01  # of the successful answers of a healthy version
 FEEDBACK_RATED = 0.05  # share of successful responses whose user rates them
 FEEDBACK_DELAY_MEDIAN, FEEDBACK_DELAY_SIGMA = 30.0, 1.0  # seconds after the response; lognormal
 BASE_NEGATIVE_FEEDBACK = 0.1  # of the rated answers of a healthy version
@@ -136,6 +140,7 @@ class Behaviour:
     guardrail_rate: float = GUARDRAIL_RATE
     hard_user_error_factor: float = 1.0  # multiplies the failure rate of the hard users' requests
     negative_feedback: float = BASE_NEGATIVE_FEEDBACK  # of rated answers (feedback scenarios only)
+    schema_failure_rate: float = SCHEMA_FAILURE_RATE  # of successful answers (schema scenarios only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,7 @@ class Scenario:
     canary: BehaviourAt
     stable: BehaviourAt
     feedback: bool = False  # users rate answers (late), and the judge runs its feedback tests
+    schema: bool = False  # every successful answer is checked against a schema
 
 
 def _healthy(setup: Setup, t: float, since_increase: float) -> Behaviour:
@@ -244,7 +250,12 @@ def _scenarios() -> dict[str, Scenario]:
         ("feedback x3", f"negative feedback 3x stable's (30% vs 10% of rated answers); {rated}",
          _steady(negative_feedback=3 * BASE_NEGATIVE_FEEDBACK)),
     ]
+    with_schema = [
+        ("schema x3", f"schema failures 3x stable's ({3 * SCHEMA_FAILURE_RATE:.0%} vs {SCHEMA_FAILURE_RATE:.0%} "
+         "of the successful answers, every one checked)", _steady(schema_failure_rate=3 * SCHEMA_FAILURE_RATE)),
+    ]
     scenarios = [Scenario(name, True, text, canary, _healthy) for name, text, canary in regressions]
+    scenarios += [Scenario(name, True, text, canary, _healthy, schema=True) for name, text, canary in with_schema]
     scenarios += [Scenario(name, True, text, canary, _healthy, feedback=True) for name, text, canary in with_feedback]
     scenarios += [Scenario(name, False, text, canary, stable) for name, text, canary, stable in healthy]
     scenarios.append(Scenario("A/A (feedback)", False, f"the canary is the same version; {rated}", _healthy,
@@ -353,7 +364,7 @@ async def _run_once(scenario: Scenario, method: str, setup: Setup, run: int, bas
         users = rng.choices(population.ids, cum_weights=population.cumulative, k=count)
         _start_second(
             rng, population, users, start + seconds, wall_offset, weight, splitter.choose, stable,
-            canary, in_flight, requests, feedback_due,
+            canary, in_flight, requests, feedback_due, scenario.schema,
         )
         requests += count
         seconds += 1
@@ -397,10 +408,12 @@ def _start_second(
     in_flight: list[tuple[float, int, Outcome]],
     sequence: int,
     feedback_due: list[tuple[float, int, Feedback]] | None = None,
+    schema_checked: bool = False,
 ) -> None:
     """Start one second of requests, routed at the weight in force now: each becomes an outcome
     that waits in `in_flight` until its completion time; with `feedback_due`, a share of the
-    successful ones are rated, the rating waiting there until it arrives (wall time)."""
+    successful ones are rated, the rating waiting there until it arrives (wall time); with
+    `schema_checked`, every successful one is checked against a schema."""
     rand = rng.random
     bits = rng.getrandbits
     normals = _NORMALS
@@ -414,7 +427,7 @@ def _start_second(
         started = second_start + (index + 0.5) * spacing
         key = hashes[user]
         role = choose(key)
-        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor, negative_rate = (
+        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor, negative_rate, schema_rate = (
             canary_profile if role is _CANARY else stable_profile
         )
         if hard_factor != 1.0 and key % HARD_USER_MODULUS == 0:
@@ -439,6 +452,8 @@ def _start_second(
                 prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
                 output_chars=CHARS_PER_TOKEN * completion,
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),
+                # Drawn after the guardrail's, and only here: the other scenarios draw as before.
+                schema_ok=rand() >= schema_rate if schema_checked else None,
             )
         heappush(in_flight, (started + latency, sequence + index, outcome))
         if feedback_due is not None and outcome.status == 200 and rand() < FEEDBACK_RATED:
@@ -469,7 +484,7 @@ _LOG_PROMPT = math.log(PROMPT_MEDIAN)
 _LOG_COMPLETION = math.log(COMPLETION_MEDIAN)
 
 
-def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float, float]:
+def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float, float, float]:
     return (
         behaviour.error_rate,
         math.log(LATENCY_MEDIAN * behaviour.latency_scale),
@@ -478,6 +493,7 @@ def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, f
         behaviour.guardrail_rate,
         behaviour.hard_user_error_factor,
         behaviour.negative_feedback,
+        behaviour.schema_failure_rate,
     )
 
 
