@@ -1,8 +1,9 @@
 """The detection benchmark: how soon a worse canary is rolled back, and how rarely a healthy one is.
 
     nice -n 19 .venv/bin/python bench/detection.py [--runs 1000] [--scenarios a,b]
-        [--methods judge,thresholds] [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE]
+        [--methods judge,thresholds,shadow] [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE]
         [--rate 100] [--weight 5] [--base-error 0.01] [--horizon 1800] [--warmup SECONDS]
+        [--shadow PERCENT] [--shared-events 0.3]
 
 Each run is one rollout with no sockets and a manual clock: synthetic outcomes of both versions go
 through the product's own evidence and decision path — `Evidence.record(outcome)` (the windows
@@ -33,7 +34,12 @@ schema, which a healthy version fails 1% of the time.
 
 Decision methods. `judge`: the judge with its defaults and no operator rules. `thresholds`: no
 judge, and the operator rules of config/example.yaml (`THRESHOLD_RULES`). Both use the same seeds,
-so they see the same users and the same requests until one of them stops.
+so they see the same users and the same requests until one of them stops. `shadow` (asked for by
+name): the plan's stage is a shadow stage, no user is served by the canary, `--shadow` percent of
+the requests (default `--weight`) are also answered by it and the judge's paired tests decide
+(detection_shadow.py; the fixed plan only, and not the feedback scenarios: nobody rates a shadow
+answer). Its seeds are the others': the same users, so the canary answers in the shadow the
+requests of the very users it serves live at that weight, though not the same draws.
 
 Detection. For the judge, the moment its evidence crossed 1/α: the verdict's `observed` count of
 canary requests, and the time of that canary request; the rollback follows at the next evaluation.
@@ -116,7 +122,11 @@ THRESHOLD_RULES = (
     Rule("schema", "schema_failure_rate", Comparison.ABOVE, 0.02, window=300.0, for_=300.0),
 )
 STAGED_PLAN = (Stage(5.0, 600.0), Stage(25.0, 600.0), Stage(50.0, 600.0), Stage(100.0, 600.0))
-METHODS = ("judge", "thresholds")
+METHODS = ("judge", "thresholds", "shadow")
+# The shadow method: the share of the lower of the two versions' failure (schema, guardrail) rates
+# that happens on both answers to a request (detection_shadow.py).
+SHARED_EVENTS = 0.3
+LIVE_METHODS = ("judge", "thresholds")  # the default: the shadow stage is asked for by name
 
 # Standard normal quantiles at 2^16 evenly spaced probabilities: one table lookup per draw instead
 # of a Box-Muller, the largest cost of the simulation otherwise. Tails end at |z| = 4.3.
@@ -151,6 +161,8 @@ class Setup:
     horizon: float  # seconds
     plan: str  # "fixed" or "staged"
     warmup: float | None  # the judge's warm-up override; None: the judge's default
+    shadow: float = 5.0  # percent of the requests copied to the canary (the shadow method)
+    shared_events: float = SHARED_EVENTS  # on both answers of a pair (the shadow method)
 
 
 # A version's behaviour at second t of the run, `since_increase` seconds after the canary weight
@@ -541,6 +553,10 @@ class Task:
 
 
 def _run_task(task: Task) -> RunResult:
+    if task.method == "shadow":
+        import detection_shadow  # it imports this module: not at the top
+
+        return detection_shadow.run_shadow_once(SCENARIOS[task.scenario], task.setup, task.run, task.base_seed)
     return run_once(SCENARIOS[task.scenario], task.method, task.setup, task.run, task.base_seed)
 
 
@@ -654,7 +670,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1000, help="rollouts per scenario and method")
     parser.add_argument("--scenarios", default="",
                         help="comma-separated, default all: " + ", ".join(SCENARIOS).replace("%", "%%"))
-    parser.add_argument("--methods", default=",".join(METHODS), help="judge, thresholds or both")
+    parser.add_argument("--methods", default=",".join(LIVE_METHODS),
+                        help="comma-separated: judge, thresholds (the default: both), shadow")
     parser.add_argument("--plan", choices=("fixed", "staged"), default="fixed")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--seed", type=int, default=1, help="base seed; runs are reproducible")
@@ -665,6 +682,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--horizon", type=float, default=1800.0, help="seconds (fixed plan)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="the judge's warm-up in seconds (default: the judge's own default)")
+    parser.add_argument("--shadow", type=float, default=None,
+                        help="shadow method: percent of the requests copied to the canary (default: --weight)")
+    parser.add_argument("--shared-events", type=float, default=SHARED_EVENTS,
+                        help="shadow method: share of the lower failure (schema, guardrail) rate that "
+                             "happens on both answers of a pair")
     args = parser.parse_args(argv)
     problems = []
     names = [name.strip() for name in args.scenarios.split(",") if name.strip()] or list(SCENARIOS)
@@ -675,7 +697,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     if not methods or set(methods) - set(METHODS):
-        problems.append(f"--methods: expected judge and/or thresholds, got {args.methods!r}")
+        problems.append(f"--methods: expected some of {', '.join(METHODS)}, got {args.methods!r}")
+    if "shadow" in methods and args.plan == "staged":
+        problems.append("--methods shadow runs the fixed plan only (a shadow stage held past the horizon)")
+    args.shadow = args.weight if args.shadow is None else args.shadow
+    if not 0 < args.shadow <= 100 or not 0 <= args.shared_events <= 1:
+        problems.append(f"--shadow must be a percent in (0, 100] and --shared-events a share in [0, 1], "
+                        f"got {args.shadow} and {args.shared_events}")
     if args.runs < 1 or args.jobs < 1:
         problems.append("--runs and --jobs must be at least 1")
     if not 0 < args.weight < 100:
@@ -697,11 +725,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     staged_horizon = sum(stage.hold for stage in STAGED_PLAN) + 2 * EVALUATE_EVERY
     horizon = staged_horizon if args.plan == "staged" else args.horizon
     setup = Setup(rate=args.rate, weight=args.weight, base_error=args.base_error, horizon=horizon,
-                  plan=args.plan, warmup=args.warmup)
+                  plan=args.plan, warmup=args.warmup, shadow=args.shadow, shared_events=args.shared_events)
     tasks = [
         Task(name, method, run, setup, args.seed)
         for name in args.scenario_names
         for method in args.method_names
+        # No user sees a shadow answer, so nobody rates it: the feedback scenarios run live only.
+        if not (method == "shadow" and SCENARIOS[name].feedback)
         for run in range(args.runs)
     ]
     began = time.monotonic()
@@ -717,11 +747,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = summarize(results)
     print(table(summaries))
     print()
+    if {"judge", "shadow"} <= set(args.method_names):
+        import detection_shadow
+
+        print(detection_shadow.side_by_side(summaries))
+        print()
     for name in args.scenario_names:
         print(f"- {name}: {SCENARIOS[name].description}")
     print(f"\n{len(results):,} rollouts in {elapsed:,.0f} s with {args.jobs} jobs; "
           f"{args.plan} plan, {setup.rate:g} requests/s, weight {setup.weight:g}%, "
-          f"base error {setup.base_error:g}, horizon {setup.horizon:g} s, seed {args.seed}")
+          f"base error {setup.base_error:g}, horizon {setup.horizon:g} s, seed {args.seed}"
+          + (f"; shadow {setup.shadow:g}%, shared events {setup.shared_events:g}"
+             if "shadow" in args.method_names else ""))
     if args.json:
         document = {
             "setup": dataclasses.asdict(setup),
@@ -736,4 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module `detection`, the one detection_shadow imports: one copy of the scenarios.
+    import detection
+
+    sys.exit(detection.main())
