@@ -1,8 +1,9 @@
 """The detection benchmark: how soon a worse canary is rolled back, and how rarely a healthy one is.
 
     nice -n 19 .venv/bin/python bench/detection.py [--runs 1000] [--scenarios a,b]
-        [--methods judge,thresholds] [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE]
+        [--methods judge,thresholds,shadow] [--plan fixed|staged] [--jobs 2] [--seed N] [--json FILE]
         [--rate 100] [--weight 5] [--base-error 0.01] [--horizon 1800] [--warmup SECONDS]
+        [--shadow PERCENT] [--shared-events 0.3]
 
 Each run is one rollout with no sockets and a manual clock: synthetic outcomes of both versions go
 through the product's own evidence and decision path — `Evidence.record(outcome)` (the windows
@@ -28,10 +29,17 @@ successful responses are rated by their user after a lognormal delay (median 30 
 minutes for the slowest 2%), negatively with probability 10% on a healthy version; the records
 reach `Evidence.record_feedback` when due, as they would through the proxy's feedback endpoint,
 and the judge runs with its feedback tests (`JudgeConfig(feedback=True)`: the family α stays 1%).
+In the schema scenarios (only there, likewise) every successful answer is checked against a
+schema, which a healthy version fails 1% of the time.
 
 Decision methods. `judge`: the judge with its defaults and no operator rules. `thresholds`: no
 judge, and the operator rules of config/example.yaml (`THRESHOLD_RULES`). Both use the same seeds,
-so they see the same users and the same requests until one of them stops.
+so they see the same users and the same requests until one of them stops. `shadow` (asked for by
+name): the plan's stage is a shadow stage, no user is served by the canary, `--shadow` percent of
+the requests (default `--weight`) are also answered by it and the judge's paired tests decide
+(detection_shadow.py; the fixed plan only, and not the feedback scenarios: nobody rates a shadow
+answer). Its seeds are the others': the same users, so the canary answers in the shadow the
+requests of the very users it serves live at that weight, though not the same draws.
 
 Detection. For the judge, the moment its evidence crossed 1/α: the verdict's `observed` count of
 canary requests, and the time of that canary request; the rollback follows at the next evaluation.
@@ -95,6 +103,8 @@ COMPLETION_MEDIAN, COMPLETION_USER_SIGMA, COMPLETION_SIGMA = 250.0, 0.3, 0.6
 CHARS_PER_TOKEN = 4
 GUARDRAIL_RATE = 0.005
 GUARDRAIL = ("moderation",)
+# In the schema scenarios (and only there) every successful answer is checked against a schema.
+SCHEMA_FAILURE_RATE = 0.01  # of the successful answers of a healthy version
 FEEDBACK_RATED = 0.05  # share of successful responses whose user rates them
 FEEDBACK_DELAY_MEDIAN, FEEDBACK_DELAY_SIGMA = 30.0, 1.0  # seconds after the response; lognormal
 BASE_NEGATIVE_FEEDBACK = 0.1  # of the rated answers of a healthy version
@@ -112,7 +122,11 @@ THRESHOLD_RULES = (
     Rule("schema", "schema_failure_rate", Comparison.ABOVE, 0.02, window=300.0, for_=300.0),
 )
 STAGED_PLAN = (Stage(5.0, 600.0), Stage(25.0, 600.0), Stage(50.0, 600.0), Stage(100.0, 600.0))
-METHODS = ("judge", "thresholds")
+METHODS = ("judge", "thresholds", "shadow")
+# The shadow method: the share of the lower of the two versions' failure (schema, guardrail) rates
+# that happens on both answers to a request (detection_shadow.py).
+SHARED_EVENTS = 0.3
+LIVE_METHODS = ("judge", "thresholds")  # the default: the shadow stage is asked for by name
 
 # Standard normal quantiles at 2^16 evenly spaced probabilities: one table lookup per draw instead
 # of a Box-Muller, the largest cost of the simulation otherwise. Tails end at |z| = 4.3.
@@ -136,6 +150,7 @@ class Behaviour:
     guardrail_rate: float = GUARDRAIL_RATE
     hard_user_error_factor: float = 1.0  # multiplies the failure rate of the hard users' requests
     negative_feedback: float = BASE_NEGATIVE_FEEDBACK  # of rated answers (feedback scenarios only)
+    schema_failure_rate: float = SCHEMA_FAILURE_RATE  # of successful answers (schema scenarios only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +161,8 @@ class Setup:
     horizon: float  # seconds
     plan: str  # "fixed" or "staged"
     warmup: float | None  # the judge's warm-up override; None: the judge's default
+    shadow: float = 5.0  # percent of the requests copied to the canary (the shadow method)
+    shared_events: float = SHARED_EVENTS  # on both answers of a pair (the shadow method)
 
 
 # A version's behaviour at second t of the run, `since_increase` seconds after the canary weight
@@ -161,6 +178,7 @@ class Scenario:
     canary: BehaviourAt
     stable: BehaviourAt
     feedback: bool = False  # users rate answers (late), and the judge runs its feedback tests
+    schema: bool = False  # every successful answer is checked against a schema
 
 
 def _healthy(setup: Setup, t: float, since_increase: float) -> Behaviour:
@@ -244,7 +262,12 @@ def _scenarios() -> dict[str, Scenario]:
         ("feedback x3", f"negative feedback 3x stable's (30% vs 10% of rated answers); {rated}",
          _steady(negative_feedback=3 * BASE_NEGATIVE_FEEDBACK)),
     ]
+    with_schema = [
+        ("schema x3", f"schema failures 3x stable's ({3 * SCHEMA_FAILURE_RATE:.0%} vs {SCHEMA_FAILURE_RATE:.0%} "
+         "of the successful answers, every one checked)", _steady(schema_failure_rate=3 * SCHEMA_FAILURE_RATE)),
+    ]
     scenarios = [Scenario(name, True, text, canary, _healthy) for name, text, canary in regressions]
+    scenarios += [Scenario(name, True, text, canary, _healthy, schema=True) for name, text, canary in with_schema]
     scenarios += [Scenario(name, True, text, canary, _healthy, feedback=True) for name, text, canary in with_feedback]
     scenarios += [Scenario(name, False, text, canary, stable) for name, text, canary, stable in healthy]
     scenarios.append(Scenario("A/A (feedback)", False, f"the canary is the same version; {rated}", _healthy,
@@ -353,7 +376,7 @@ async def _run_once(scenario: Scenario, method: str, setup: Setup, run: int, bas
         users = rng.choices(population.ids, cum_weights=population.cumulative, k=count)
         _start_second(
             rng, population, users, start + seconds, wall_offset, weight, splitter.choose, stable,
-            canary, in_flight, requests, feedback_due,
+            canary, in_flight, requests, feedback_due, scenario.schema,
         )
         requests += count
         seconds += 1
@@ -397,10 +420,12 @@ def _start_second(
     in_flight: list[tuple[float, int, Outcome]],
     sequence: int,
     feedback_due: list[tuple[float, int, Feedback]] | None = None,
+    schema_checked: bool = False,
 ) -> None:
     """Start one second of requests, routed at the weight in force now: each becomes an outcome
     that waits in `in_flight` until its completion time; with `feedback_due`, a share of the
-    successful ones are rated, the rating waiting there until it arrives (wall time)."""
+    successful ones are rated, the rating waiting there until it arrives (wall time); with
+    `schema_checked`, every successful one is checked against a schema."""
     rand = rng.random
     bits = rng.getrandbits
     normals = _NORMALS
@@ -414,7 +439,7 @@ def _start_second(
         started = second_start + (index + 0.5) * spacing
         key = hashes[user]
         role = choose(key)
-        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor, negative_rate = (
+        error_rate, log_latency, tail_scale, log_tokens, guardrail_rate, hard_factor, negative_rate, schema_rate = (
             canary_profile if role is _CANARY else stable_profile
         )
         if hard_factor != 1.0 and key % HARD_USER_MODULUS == 0:
@@ -439,6 +464,8 @@ def _start_second(
                 prompt_tokens=round(exp(prompt)) or 1, completion_tokens=completion,
                 output_chars=CHARS_PER_TOKEN * completion,
                 guardrails=GUARDRAIL if rand() < guardrail_rate else (),
+                # Drawn after the guardrail's, and only here: the other scenarios draw as before.
+                schema_ok=rand() >= schema_rate if schema_checked else None,
             )
         heappush(in_flight, (started + latency, sequence + index, outcome))
         if feedback_due is not None and outcome.status == 200 and rand() < FEEDBACK_RATED:
@@ -469,7 +496,7 @@ _LOG_PROMPT = math.log(PROMPT_MEDIAN)
 _LOG_COMPLETION = math.log(COMPLETION_MEDIAN)
 
 
-def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float, float]:
+def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, float, float, float]:
     return (
         behaviour.error_rate,
         math.log(LATENCY_MEDIAN * behaviour.latency_scale),
@@ -478,6 +505,7 @@ def _profile(behaviour: Behaviour) -> tuple[float, float, float, float, float, f
         behaviour.guardrail_rate,
         behaviour.hard_user_error_factor,
         behaviour.negative_feedback,
+        behaviour.schema_failure_rate,
     )
 
 
@@ -525,6 +553,10 @@ class Task:
 
 
 def _run_task(task: Task) -> RunResult:
+    if task.method == "shadow":
+        import detection_shadow  # it imports this module: not at the top
+
+        return detection_shadow.run_shadow_once(SCENARIOS[task.scenario], task.setup, task.run, task.base_seed)
     return run_once(SCENARIOS[task.scenario], task.method, task.setup, task.run, task.base_seed)
 
 
@@ -638,7 +670,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1000, help="rollouts per scenario and method")
     parser.add_argument("--scenarios", default="",
                         help="comma-separated, default all: " + ", ".join(SCENARIOS).replace("%", "%%"))
-    parser.add_argument("--methods", default=",".join(METHODS), help="judge, thresholds or both")
+    parser.add_argument("--methods", default=",".join(LIVE_METHODS),
+                        help="comma-separated: judge, thresholds (the default: both), shadow")
     parser.add_argument("--plan", choices=("fixed", "staged"), default="fixed")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--seed", type=int, default=1, help="base seed; runs are reproducible")
@@ -649,6 +682,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--horizon", type=float, default=1800.0, help="seconds (fixed plan)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="the judge's warm-up in seconds (default: the judge's own default)")
+    parser.add_argument("--shadow", type=float, default=None,
+                        help="shadow method: percent of the requests copied to the canary (default: --weight)")
+    parser.add_argument("--shared-events", type=float, default=SHARED_EVENTS,
+                        help="shadow method: share of the lower failure (schema, guardrail) rate that "
+                             "happens on both answers of a pair")
     args = parser.parse_args(argv)
     problems = []
     names = [name.strip() for name in args.scenarios.split(",") if name.strip()] or list(SCENARIOS)
@@ -659,7 +697,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     if not methods or set(methods) - set(METHODS):
-        problems.append(f"--methods: expected judge and/or thresholds, got {args.methods!r}")
+        problems.append(f"--methods: expected some of {', '.join(METHODS)}, got {args.methods!r}")
+    if "shadow" in methods and args.plan == "staged":
+        problems.append("--methods shadow runs the fixed plan only (a shadow stage held past the horizon)")
+    args.shadow = args.weight if args.shadow is None else args.shadow
+    if not 0 < args.shadow <= 100 or not 0 <= args.shared_events <= 1:
+        problems.append(f"--shadow must be a percent in (0, 100] and --shared-events a share in [0, 1], "
+                        f"got {args.shadow} and {args.shared_events}")
     if args.runs < 1 or args.jobs < 1:
         problems.append("--runs and --jobs must be at least 1")
     if not 0 < args.weight < 100:
@@ -681,11 +725,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     staged_horizon = sum(stage.hold for stage in STAGED_PLAN) + 2 * EVALUATE_EVERY
     horizon = staged_horizon if args.plan == "staged" else args.horizon
     setup = Setup(rate=args.rate, weight=args.weight, base_error=args.base_error, horizon=horizon,
-                  plan=args.plan, warmup=args.warmup)
+                  plan=args.plan, warmup=args.warmup, shadow=args.shadow, shared_events=args.shared_events)
     tasks = [
         Task(name, method, run, setup, args.seed)
         for name in args.scenario_names
         for method in args.method_names
+        # No user sees a shadow answer, so nobody rates it: the feedback scenarios run live only.
+        if not (method == "shadow" and SCENARIOS[name].feedback)
         for run in range(args.runs)
     ]
     began = time.monotonic()
@@ -701,11 +747,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = summarize(results)
     print(table(summaries))
     print()
+    if {"judge", "shadow"} <= set(args.method_names):
+        import detection_shadow
+
+        print(detection_shadow.side_by_side(summaries))
+        print()
     for name in args.scenario_names:
         print(f"- {name}: {SCENARIOS[name].description}")
     print(f"\n{len(results):,} rollouts in {elapsed:,.0f} s with {args.jobs} jobs; "
           f"{args.plan} plan, {setup.rate:g} requests/s, weight {setup.weight:g}%, "
-          f"base error {setup.base_error:g}, horizon {setup.horizon:g} s, seed {args.seed}")
+          f"base error {setup.base_error:g}, horizon {setup.horizon:g} s, seed {args.seed}"
+          + (f"; shadow {setup.shadow:g}%, shared events {setup.shared_events:g}"
+             if "shadow" in args.method_names else ""))
     if args.json:
         document = {
             "setup": dataclasses.asdict(setup),
@@ -720,4 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module `detection`, the one detection_shadow imports: one copy of the scenarios.
+    import detection
+
+    sys.exit(detection.main())
