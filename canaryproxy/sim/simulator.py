@@ -181,10 +181,12 @@ class ModelSimulator:
         started = loop.time()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                **verdict})
-        await response.prepare(request)
         batches = _batches(reply)
         abort_after = len(batches) // 2 if reply.truncate else None
         try:
+            # The client may be gone before the headers: the proxy cancels its shadow copies when
+            # it shuts down.
+            await response.prepare(request)
             await response.write(encoder.opening())
             for index, (at, pieces) in enumerate(batches):
                 if index == abort_after:
