@@ -36,6 +36,16 @@ def test_the_example_config_is_valid():
     assert "ok" in result.stdout
 
 
+def test_the_example_configs_commented_shadow_stage_is_valid_too(tmp_path):
+    example = (ROOT / "config" / "example.yaml").read_text()
+    commented = "    # - {shadow: 20, hold: 10m}\n"
+    assert example.count(commented) == 1
+    path = tmp_path / "shadow.yaml"
+    path.write_text(example.replace(commented, "    - {shadow: 20, hold: 10m}\n"))
+    result = canaryproxy("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_bad_config_names_each_field_and_exits_2_without_a_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(textwrap.dedent("""
