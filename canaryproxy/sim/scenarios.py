@@ -77,7 +77,8 @@ rollout:
   # stage the canary is promoted to 100%: a stage at 100% would leave the rules that compare
   # with stable nothing to compare with.
   stages:
-$stages  # Canary requests a stage must see before it may advance (pairs compared, in a shadow stage).
+$stages
+  # Canary requests a stage must see before it may advance (pairs compared, in a shadow stage).
   min_requests: $min_requests
   # A stage still without enough data after this long pauses the rollout.
   max_hold: $max_hold
@@ -163,7 +164,7 @@ SHADOW_STAGE = string.Template("""\
 
 def _stages_yaml(hold: float, shadow: float) -> str:
     held = format_duration(hold)
-    live = "".join(f"    - {{weight: {weight:g}, hold: {held}}}\n" for weight in _live_stages(shadow))
+    live = "\n".join(f"    - {{weight: {weight:g}, hold: {held}}}" for weight in _live_stages(shadow))
     return (SHADOW_STAGE.substitute(share=f"{shadow:g}", hold=held) if shadow else "") + live
 
 
@@ -177,9 +178,9 @@ def rollout_yaml(rate: float, hold: float, shadow: float = 0.0) -> str:
     A stage advances only when every rule passes, and a rule says nothing until its window holds
     `min_samples` canary samples, so the window must hold enough of the first live stage's canary
     traffic (5% of the rate; 25% after a shadow stage): 1.5x the time it takes to collect them,
-    and at least a hold. 60
-    requests keep the errors rule quiet on a healthy 1% canary (3 failures in 60 would already
-    be 5%); schema failures have no such base rate, so 20 structured outputs are enough.
+    and at least a hold. 60 requests keep the errors rule quiet on a healthy 1% canary (3
+    failures in 60 would already be 5%); schema failures have no such base rate, so 20
+    structured outputs are enough.
     With `shadow`, the plan starts with a shadow stage copying that percent of the requests.
     """
     min_samples, schema_min_samples = 60, 20
