@@ -361,3 +361,13 @@ def test_reset_forgets_the_pairs() -> None:
     judge.reset()
     assert all(v.status is Status.PASS for v in judge.shadow_verdicts())
     assert judge.shadow_summary()["pairs"] == 0
+
+
+def test_a_user_first_seen_in_the_warm_up_still_gives_a_latency_pair_later():
+    judge = Judge(config(warmup_seconds=20.0))
+    slow = {"latency": 2.0, "completion_tokens": 10}
+    judge.observe_pair(pair({"latency": 1.0, "completion_tokens": 10}, slow, key=7))  # cold: tokens only
+    judge.observe_pair(pair({"latency": 1.0, "routed_at": T0 + 30, "completion_tokens": 10},
+                            {**slow, "routed_at": T0 + 30}, key=7))  # warm: latency takes it
+    tests = judge.shadow_summary()["tests"]
+    assert tests["latency"]["evidence"]["compared"] == 1 and tests["completion_tokens"]["evidence"]["compared"] == 1

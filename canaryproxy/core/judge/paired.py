@@ -25,7 +25,8 @@ inequality bounds the chance one ever reaches 1/α by α).
   with the other (core/token_sources.py). A schema is compared when both answers were checked.
 * **Per-key caps**, as in the live tests, since a user's prompts are correlated: each event test
   takes at most `max_events_per_key` discordant pairs per sticky key, the amount tests together
-  `max_samples_per_key` pairs per key. Pairs without a key are never capped.
+  `max_samples_per_key` pairs per key (latency and TTFT, which skip the warm-up, have a cap of
+  their own). Pairs without a key are never capped.
 * **Warm-up.** A canary that just started answering shadow requests may run cold: for
   `warmup_seconds` after the first pair (by the stable side's `routed_at`) the latency and TTFT
   tests skip pairs and the other tests judge against the null widened by `warmup_tolerance`.
@@ -165,7 +166,7 @@ class PairedLane:
 class PairedTests:
     """Every enabled paired test, over the pairs of the shadow stages. O(J) per discordant pair."""
 
-    __slots__ = ("config", "pairs", "_events", "_amounts", "_sample_keys", "_warm_until")
+    __slots__ = ("config", "pairs", "_events", "_amounts", "_sample_keys", "_timing_keys", "_warm_until")
 
     def __init__(self, config: JudgeConfig) -> None:
         self.config = config
@@ -174,6 +175,9 @@ class PairedTests:
         self._events = {name: PairedLane(name, tests[name], config) for name in enabled if name in PAIRED_EVENT_TESTS}
         self._amounts = {name: PairedLane(name, tests[name], config) for name in enabled if name in PAIRED_AMOUNT_TESTS}
         self._sample_keys = KeyCap(config.max_samples_per_key, config.key_memory)
+        # Latency and TTFT skip the warm-up: a cap of their own, so a user first seen while the canary
+        # is cold still gives them a pair later (one shared cap spent the busiest users' only one).
+        self._timing_keys = KeyCap(config.max_samples_per_key, config.key_memory)
         self.pairs = [0, 0]  # [pairs taken in, pairs dropped (a side that reached no verdict)]
         self._warm_until: float | None = None  # the stable side's routed_at before which pairs are cold
 
@@ -197,12 +201,12 @@ class PairedTests:
                 lane.take(None if on_stable is on_canary else CANARY if on_canary else STABLE, key, cold, True)
         if not self._amounts or stable.failed or shadow.failed:
             return
-        if key is not None and not self._sample_keys.admit(key):
-            return
+        sizes = key is None or self._sample_keys.admit(key)
+        timing = not cold and (key is None or self._timing_keys.admit(key))
         values = _amounts(stable, shadow)
         for name, lane in self._amounts.items():
             compared = values[name]
-            if compared is not None and not (cold and name in _WARM_UP_QUANTITIES):
+            if compared is not None and (timing if name in _WARM_UP_QUANTITIES else sizes):
                 lane.take(worse_side(*compared, lane.test.margin), key, cold, False)
 
     def lanes(self) -> dict[str, PairedLane]:
