@@ -441,6 +441,7 @@ async def test_a_shadow_stage_has_a_panel_with_its_pairs_tests_and_differing_sam
     facts = seen["facts"]
     assert facts["pairs compared"] == "5" and facts["same text"] == "0%" and facts["sent"] == "5"
     assert facts["tokens"] == "1.50\u00d7" and facts["dropped"] == "0" and facts["in flight"] == "0 of 64"
+    assert facts["copying now"] == "100%" and facts["answers"] == "5"  # the shadow's own window
     assert set(seen["tests"]) == {"failed", "schema", "guardrail", "truncation", "completion_tokens",
                                   "output_length", "latency", "ttft"}
     assert seen["tests"]["completion_tokens"] == ["pass", "5", "0", "5", "\u2013"]  # status, worse, worse, compared, odds

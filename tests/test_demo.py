@@ -22,10 +22,10 @@ from tests.support import eventually
 # loop (simulators, proxy and users together) fell behind on a slow or busy machine: queueing then
 # added the same delay to both versions and a canary twice as slow was promoted (2 of 3 runs).
 RATE, HOLD, DEADLINE = 200.0, 3.0, 40.0
-# The shadow copies add half the traffic again to the demo's one event loop; at RATE that loop
-# falls behind, and a copy, which starts on a task of its own a loop turn after the user's
-# request, then measures that wait as the canary's latency and time to first token: a healthy
-# canary loses the paired latency tests. At this rate the loop keeps up.
+# The shadow copies add half the traffic again to the demo's one event loop. When it cannot keep
+# up, the copies' answers carry the wait and the paired latency and TTFT tests count it against a
+# healthy canary (at RATE, or on a machine whose cores are busy with more than the demo). At this
+# rate, with a core of its own, the loop keeps up.
 SHADOW_RATE = 150.0
 
 # What must have fired (at least one of) for each regression: the rule or judge test on its metric.

@@ -27,7 +27,8 @@ async def test_a_shadow_stage_shows_what_was_copied_compared_and_judged(upstream
     stable.on("POST", CHAT, words_handler(STABLE_WORDS))
     canary.on("POST", CHAT, words_handler(CANARY_WORDS, delay=0.3))
     # One copy at a time: users arriving together while it runs have theirs dropped (busy).
-    proxy = await make_proxy(rollout=shadow_rollout(min_requests=30), shadow={"max_in_flight": 1})
+    proxy = await make_proxy(rollout=shadow_rollout(min_requests=30), shadow={"max_in_flight": 1},
+                             pricing={"versions": {"canary": {"input": 1.0, "output": 2.0}}})
     together = await asyncio.gather(*(chat(proxy.data_port, user=f"u{i}") for i in range(4)))
     assert [status for status, _, _ in together] == [200] * 4
     await eventually(lambda: proxy.data.shadow.in_flight == 0, timeout=5)
@@ -41,16 +42,19 @@ async def test_a_shadow_stage_shows_what_was_copied_compared_and_judged(upstream
     assert "pairs compared 4/30" in lines[1]
     shadow = lines.index("shadow: copying 100% of the requests to the canary; users get stable's answers")
     section = lines[shadow:]
-    assert section[1] == "  pairs compared 4; this process: 4 sent, 0 in flight (max 1), dropped busy 3"
+    assert section[1] == "  pairs compared 4; this process: copying 100%, 4 sent, 0 in flight (max 1), dropped busy 3"
     assert section[2] == "  same text 0.0% of 4 compared, mean word overlap 66.7%"
     assert section[3].startswith("  canary/stable: tokens 1.50x, output length 1.56x, latency ")  # latency: 0.3 s more
-    assert section[4].startswith("  failed only: canary 0, stable 0")
-    assert section[5].split() == ["paired", "test", "canary", "worse", "stable", "worse", "compared", "status",
+    # The shadow's own spend: 4 answers of 12 prompt and 6 completion tokens at $1 and $2 per million.
+    assert section[4].startswith("  shadow answers in the last 1m0s: 4, latency p95 3")
+    assert section[4].endswith(", 6 output tokens each, cost $0.00010 in all")
+    assert section[5].startswith("  failed only: canary 0, stable 0")
+    assert section[6].split() == ["paired", "test", "canary", "worse", "stable", "worse", "compared", "status",
                                   "odds", "bound"]
-    rows = {line.split()[0]: line.split()[1:] for line in section[6:14]}
+    rows = {line.split()[0]: line.split()[1:] for line in section[7:15]}
     assert rows["completion_tokens"][:4] == ["4", "0", "4", "pass"]
     assert rows["failed"][:4] == ["0", "0", "4", "pass"] and set(rows) >= {"schema", "ttft", "latency"}
-    assert section[14].startswith("  no worse: no   (each test: odds bound ≤ 1.5x, or canary worse in ≤ 1% more")
+    assert section[15].startswith("  no worse: no   (each test: odds bound ≤ 1.5x, or canary worse in ≤ 1% more")
     assert max(len(line) for line in section) <= 100
 
 

@@ -90,7 +90,7 @@ def render_status(status: dict[str, Any]) -> str:
     shadow = status.get("shadow")
     if shadow:
         lines.append("")
-        lines += shadow_lines(shadow, stage.get("shadow") or _planned_share(status))
+        lines += shadow_lines(shadow, stage.get("shadow") or _planned_share(status), status.get("window"))
     verdicts = list(status.get("rules") or []) + list(status.get("judge_verdicts") or [])
     if shadow:  # the paired tests are in the shadow section's table
         verdicts = [v for v in verdicts if not v["source"].startswith(SHADOW_VERDICTS) or v["status"] != "pass"]
@@ -119,7 +119,7 @@ def _times(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
-def shadow_lines(shadow: dict[str, Any], planned: float) -> list[str]:
+def shadow_lines(shadow: dict[str, Any], planned: float, window: float | None = None) -> list[str]:
     """The shadow section: what was copied, how alike the answers are, the paired tests' counts."""
     pairs = shadow.get("pairs") or {}
     share = shadow.get("share") or 0
@@ -133,6 +133,7 @@ def shadow_lines(shadow: dict[str, Any], planned: float) -> list[str]:
     ratios = pairs.get("ratios") or {}
     cells = [f"{label} {_times((ratios.get(name) or {}).get('canary_over_stable'))}" for name, label in RATIO_LABELS]
     lines.append("  canary/stable: " + ", ".join(cells))
+    lines += _shadow_window(shadow.get("window"), window)
     failed, schema = pairs.get("failed") or {}, pairs.get("schema") or {}
     lines.append(f"  failed only: canary {failed.get('canary_only', 0)}, stable {failed.get('stable_only', 0)}"
                  f"   schema broken only: canary {schema.get('canary_only', 0)}, stable "
@@ -144,6 +145,16 @@ def shadow_lines(shadow: dict[str, Any], planned: float) -> list[str]:
     return lines
 
 
+def _shadow_window(summary: dict[str, Any] | None, window: float | None) -> list[str]:
+    """The canary's compared answers as a window of their own: what the shadow costs, apart."""
+    if not summary:
+        return []
+    over = f" in the last {format_duration(window)}" if window else ""
+    return [f"  shadow answers{over}: {summary.get('requests', 0)}, latency p95 "
+            f"{_ms(_metric(summary, 'latency_p95'))}, {_num(_metric(summary, 'output_tokens_per_request'), 0)} output tokens "
+            f"each, cost {_usd(summary.get('cost_usd'))} in all"]
+
+
 def _pct1(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio * 100:.1f}%"
 
@@ -153,7 +164,9 @@ def _this_process(local: dict[str, Any] | None) -> str:
         return ""
     dropped = {reason: n for reason, n in (local.get("dropped") or {}).items() if n}
     drops = ", ".join(f"{reason} {n}" for reason, n in dropped.items()) if dropped else "none"
-    return (f"; this process: {local.get('sent', 0)} sent, {local.get('in_flight', 0)} in flight"
+    copying = local.get("share_in_force")
+    now = "" if copying is None else f"copying {copying:g}%, "
+    return (f"; this process: {now}{local.get('sent', 0)} sent, {local.get('in_flight', 0)} in flight"
             f" (max {local.get('max_in_flight', 0)}), dropped {drops}")
 
 
