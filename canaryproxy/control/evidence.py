@@ -81,8 +81,7 @@ class Evidence:
         for verdict in feedback:
             windows.record_feedback(verdict, verdict.routed_at)
         for pair in pairs:
-            windows.record(pair.shadow, pair.shadow.routed_at + pair.shadow.latency)
-            self.pairs.take(pair)
+            self._file_pair(pair)
         if self.judge is not None:
             self.judge.prime_key_caps(records)
             self.judge.prime_feedback_caps(feedback)
@@ -90,12 +89,15 @@ class Evidence:
     def record_pair(self, pair: ShadowPair) -> None:
         """Take in one shadow pair: the canary's answer into the shadow's window (at the second it
         finished), the pair into the judge's paired tests and the shadow's description."""
-        shadow = pair.shadow
-        self.windows.record(shadow, shadow.routed_at + shadow.latency)
-        self.pairs.take(pair)
+        self._file_pair(pair)
         self._new_pairs += 1
         if self.judge is not None:
             self.judge.observe_pair(pair)
+
+    def _file_pair(self, pair: ShadowPair) -> None:
+        shadow = pair.shadow
+        self.windows.record(shadow, shadow.routed_at + shadow.latency)
+        self.pairs.take(pair)
 
     def take_pairs(self) -> int:
         """Shadow pairs since the last call (a shadow stage's progress toward `min_requests`)."""

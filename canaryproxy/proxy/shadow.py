@@ -34,7 +34,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from multidict import CIMultiDict
@@ -76,13 +76,9 @@ class ShadowCounters:
 
     sent: int = 0
     paired: int = 0
-    dropped: dict[str, int] | None = None
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     same_text: int = 0  # pairs whose texts were compared and equal after normalisation
     compared_texts: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dropped is None:
-            self.dropped = dict.fromkeys(DROP_REASONS, 0)
 
 
 class ShadowSender:
@@ -109,7 +105,7 @@ class ShadowSender:
     def view(self) -> dict[str, Any]:
         """What this process did with its copies, for the status view (samples newest first)."""
         counters = self.counters
-        return {"sent": counters.sent, "paired": counters.paired, "dropped": dict(counters.dropped or {}),
+        return {"sent": counters.sent, "paired": counters.paired, "dropped": dict(counters.dropped),
                 "in_flight": self.in_flight, "max_in_flight": self.settings.max_in_flight,
                 "outputs_kept": self.settings.keep_outputs, "differing_samples": list(reversed(self.samples))}
 
@@ -123,9 +119,7 @@ class ShadowSender:
         return None if self._closing else ShadowCall(self, stable)
 
     def drop(self, reason: str) -> None:
-        dropped = self.counters.dropped
-        assert dropped is not None
-        dropped[reason] += 1
+        self.counters.dropped[reason] += 1
 
     async def start(self) -> None:
         await self.exchange.start()
