@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from canaryproxy.config.fields import Duration, Strict
 from canaryproxy.core.judge import DEFAULT_FEEDBACK_SETTLE, DEFAULT_TESTS, JudgeConfig, default_tests
+from canaryproxy.core.judge.config import DEFAULT_SHADOW_TESTS, PAIRED_AMOUNT_TESTS, PairedTestConfig
 from canaryproxy.core.judge import TestConfig as JudgeTestConfig_
 from canaryproxy.core.metrics import METRICS, Unit
 from canaryproxy.core.rules import Comparison, Rule
@@ -95,6 +96,15 @@ class JudgeTestConfig(Strict):
     r0: float = Field(default=1.0, ge=1.0)
 
 
+class ShadowTestConfig(Strict):
+    """One paired test of the shadow stages; `margin` only for the amount tests."""
+
+    enabled: bool = True
+    alpha: float | None = Field(default=None, gt=0, lt=1)
+    r0: float = Field(default=1.0, ge=1.0)
+    margin: float | None = Field(default=None, ge=0)
+
+
 class JudgeSettings(Strict):
     """The sequential judge (see docs): on by default alongside the operator's rules."""
 
@@ -107,6 +117,10 @@ class JudgeSettings(Strict):
     # ...and the other event tests accept a canary up to this many times worse meanwhile (x r0).
     warmup_tolerance: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
     burn_in: int = Field(default=100, ge=100)  # samples per version before an amount test may fire
+    # The paired tests of the shadow stages: a family of their own (they never judge a live
+    # stage), whose budget follows `alpha` unless set apart.
+    shadow_alpha: float | None = Field(default=None, gt=0, lt=0.5)
+    shadow_tests: dict[str, ShadowTestConfig] = Field(default_factory=dict)
 
     @field_validator("tests")
     @classmethod
@@ -114,6 +128,18 @@ class JudgeSettings(Strict):
         unknown = sorted(set(tests) - set(DEFAULT_TESTS))
         if unknown:
             raise ValueError(f"unknown judge test {unknown[0]!r}; known tests: {', '.join(DEFAULT_TESTS)}")
+        return tests
+
+    @field_validator("shadow_tests")
+    @classmethod
+    def _known_shadow_tests(cls, tests: dict[str, ShadowTestConfig]) -> dict[str, ShadowTestConfig]:
+        unknown = sorted(set(tests) - set(DEFAULT_SHADOW_TESTS))
+        if unknown:
+            raise ValueError(f"unknown shadow test {unknown[0]!r}; known: {', '.join(DEFAULT_SHADOW_TESTS)}")
+        for name, test in tests.items():
+            if test.margin is not None and name not in PAIRED_AMOUNT_TESTS:
+                raise ValueError(f"shadow test {name!r} counts events: margin applies only to the amount "
+                                 f"tests ({', '.join(PAIRED_AMOUNT_TESTS)})")
         return tests
 
     @model_validator(mode="after")
@@ -146,7 +172,21 @@ class JudgeSettings(Strict):
             burn_in=self.burn_in,
             feedback=feedback,
             feedback_settle=feedback_settle,
+            shadow_tests=self._shadow_test_configs(),
         )
+
+    def _shadow_test_configs(self) -> dict[str, PairedTestConfig]:
+        # The default split is for a 1% budget, like the live tests'.
+        scale = (self.shadow_alpha if self.shadow_alpha is not None else self.alpha) / 0.01
+        tests = {}
+        for name, default in DEFAULT_SHADOW_TESTS.items():
+            given = self.shadow_tests.get(name, ShadowTestConfig())
+            tests[name] = PairedTestConfig(
+                alpha=given.alpha if given.alpha is not None else default.alpha * scale,
+                enabled=given.enabled, r0=given.r0,
+                margin=given.margin if given.margin is not None else default.margin,
+            )
+        return tests
 
 
 class RolloutConfig(Strict):

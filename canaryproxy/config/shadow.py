@@ -9,6 +9,7 @@ paired tests count the canary as no worse. Used only by a plan with shadow stage
       negligible: 0.01           # or worse in at most 1% more of the pairs than stable
       samples: 20                # differing pairs kept for `canaryproxy status` and the dashboard
       keep_outputs: false        # keep those pairs' two texts too (off: no user text is kept)
+      max_loop_lag: 10ms         # the event loop this late: copies pause, overlapping pairs dropped
 
 What the shadow holds is bounded by max_in_flight x max_response_bytes (256 MiB at the defaults,
 for 64 answers of 4 MiB each at once; LLM answers are kilobytes).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from canaryproxy.config.fields import Size, Strict
+from canaryproxy.config.fields import Duration, Size, Strict
 from canaryproxy.proxy.shadow import ShadowSettings
 
 
@@ -30,8 +31,11 @@ class ShadowConfig(Strict):
     samples: int = Field(default=20, ge=0, le=1000)
     keep_outputs: bool = False
     sample_chars: int = Field(default=2000, ge=1, le=100_000)
+    # An overloaded proxy times a copy (sent after the user's answer) on a longer queue than the
+    # request it copies: judging it would roll back a healthy canary (proxy/looplag.py). 0: off.
+    max_loop_lag: Duration = Field(default=0.01, ge=0)
 
     def to_settings(self) -> ShadowSettings:
         return ShadowSettings(max_in_flight=self.max_in_flight, max_response_bytes=self.max_response_bytes,
                               samples=self.samples, keep_outputs=self.keep_outputs,
-                              sample_chars=self.sample_chars)
+                              sample_chars=self.sample_chars, max_loop_lag=self.max_loop_lag)

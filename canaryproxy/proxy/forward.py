@@ -273,6 +273,8 @@ class Forwarder:
 
             exchange = self.exchanges[outcome.role]
             path = target.path if target is not None else request.raw_path
+            if shadow is not None:
+                shadow.sent_at = self._now()  # both sides of a pair are timed from their send
             try:
                 upstream = await exchange.send(request.method, path, up_headers, body)
             except UpstreamError as error:

@@ -22,6 +22,11 @@
   body was refused) drops the pair (`client_gone`) and cancels the copy, so the canary stops
   generating: a user who leaves is never counted as the canary's failure. Shutdown cancels the
   copies still running (`shutdown`).
+* **Timed alike, on a loop that keeps up.** Both sides of a pair are timed from their send to the
+  upstream (stable's admission and body reading are the user's, not the version's). While the
+  event loop lags (proxy/looplag.py) no copy starts and no pair whose time overlapped the lag is
+  compared (`overloaded`): a copy runs after the user's request, on a longer queue when the loop is
+  behind, and would show a healthy canary slower.
 
 The copy's Outcome (role shadow) goes to the outcome sink the data plane was given for it (the
 exporter's totals: /metrics labels it `shadow`, its cost apart); the pair to the pair sink (the
@@ -34,7 +39,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from multidict import CIMultiDict
@@ -44,14 +49,15 @@ from canaryproxy.core.types import ErrorKind, Outcome, OutcomeSink, PairSink, Ro
 from canaryproxy.errors import UpstreamError
 from canaryproxy.inspection import Inspection, InspectionSettings, Inspector, RequestFacts, apply, inspector_for
 from canaryproxy.proxy.exchange import Exchange, UpstreamResponse
+from canaryproxy.proxy.looplag import LoopLag
 from canaryproxy.proxy.responses import cut_short, failure_status
 
 log = logging.getLogger("canaryproxy.shadow")
 
 # Why a copy was not sent or its pair not compared: the labels of canaryproxy_shadow_dropped_total.
-BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN, UNSAFE = (
-    "busy", "streamed_body", "too_large", "client_gone", "shutdown", "unsafe")
-DROP_REASONS = (BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN, UNSAFE)
+BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN, UNSAFE, OVERLOADED = (
+    "busy", "streamed_body", "too_large", "client_gone", "shutdown", "unsafe", "overloaded")
+DROP_REASONS = (BUSY, STREAMED_BODY, TOO_LARGE, CLIENT_GONE, SHUTDOWN, UNSAFE, OVERLOADED)
 
 # What may be sent twice: a model API request the inspection reads (it asks for an answer and
 # changes nothing), or a safe method. Another POST, PUT, PATCH or DELETE could do its work twice
@@ -68,6 +74,7 @@ class ShadowSettings:
     samples: int = 20  # differing pairs kept for the status view (numbers and ids)
     keep_outputs: bool = False  # keep the two texts of those samples too (off: no user text kept)
     sample_chars: int = 2000  # of each kept text
+    max_loop_lag: float = 0.01  # seconds the event loop may run late before copies pause (0: never)
 
 
 @dataclass(slots=True)
@@ -97,6 +104,7 @@ class ShadowSender:
         self._wall = wall
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.lag = LoopLag(settings.max_loop_lag, now) if settings.max_loop_lag > 0 else None
 
     @property
     def in_flight(self) -> int:
@@ -123,10 +131,14 @@ class ShadowSender:
 
     async def start(self) -> None:
         await self.exchange.start()
+        if self.lag is not None:
+            self.lag.start()
 
     async def close(self) -> None:
         """Cancel the copies still running (their pairs dropped: shutdown), then the pool."""
         self._closing = True
+        if self.lag is not None:
+            self.lag.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -141,6 +153,9 @@ class ShadowSender:
         """Start the copy; False (dropped, counted) when `max_in_flight` copies are running."""
         if len(self._tasks) >= self.settings.max_in_flight:
             self.drop(BUSY)
+            return False
+        if self.lag is not None and self.lag.lagging():
+            self.drop(OVERLOADED)
             return False
         task = asyncio.get_running_loop().create_task(self._run(call, method, target, headers, body, facts))
         call.task = task
@@ -214,8 +229,13 @@ class ShadowSender:
 
     # --- pairing -------------------------------------------------------------------------------
 
-    def _pair(self, stable: Outcome, stable_text: str | None, shadow: Outcome, shadow_text: str | None) -> None:
+    def _pair(self, call: ShadowCall, shadow: Outcome, shadow_text: str | None) -> None:
         self._record(shadow)
+        stable = from_send(call.stable, call.sent_at)
+        if self.lag is not None and self.lag.lagged_since(min(stable.started, shadow.started)):
+            self.drop(OVERLOADED)
+            return
+        stable_text = call.stable_text
         same, overlap = (None, None)
         if stable_text is not None and shadow_text is not None:
             same, overlap = compare(stable_text, shadow_text)
@@ -254,22 +274,24 @@ class ShadowSender:
 class ShadowCall:
     """One user's request (its stable Outcome) and the copy of it sent to the canary."""
 
-    __slots__ = ("_sender", "stable", "task", "abandoned", "_request", "_stable_text", "_stable_done", "_shadow")
+    __slots__ = ("_sender", "stable", "task", "abandoned", "sent_at", "_request", "stable_text", "_stable_done",
+                 "_shadow")
 
     def __init__(self, sender: ShadowSender, stable: Outcome) -> None:
         self._sender = sender
         self.stable = stable
         self.task: asyncio.Task[None] | None = None
         self.abandoned = False  # the user's request ended without a verdict: the pair is off
+        self.sent_at = stable.started  # when the request went to stable (set by the forwarder)
         self._request: tuple[str, str, CIMultiDict[str], bytes | None, RequestFacts | None] | None = None
-        self._stable_text: str | None = None
+        self.stable_text: str | None = None
         self._stable_done = False
         self._shadow: tuple[Outcome, str | None] | None = None
 
     def prepare(self, method: str, target: str, headers: CIMultiDict[str], body: object,
                 facts: RequestFacts | None, *, now: bool) -> None:
-        """The request as it went to stable; the copy is launched at once (`now`: a stream) or when
-        the user's request ends (`stable_done`)."""
+        """The request as it went to stable (at `sent_at`); the copy is launched at once (`now`: a
+        stream) or when the user's request ends (`stable_done`)."""
         if not (body is None or isinstance(body, bytes)):
             self._sender.drop(STREAMED_BODY)
             self.abandoned = True
@@ -308,10 +330,10 @@ class ShadowCall:
                 self._sender._record(self._shadow[0])
                 self._sender.drop(CLIENT_GONE)
             return
-        self._stable_text = inspection.text if inspection is not None else None
+        self.stable_text = inspection.text if inspection is not None else None
         self._stable_done = True
         if self._shadow is not None:
-            self._sender._pair(stable, self._stable_text, *self._shadow)
+            self._sender._pair(self, *self._shadow)
 
     def shadow_done(self, outcome: Outcome, text: str | None, dropped: str | None) -> None:
         sender = self._sender
@@ -321,9 +343,20 @@ class ShadowCall:
             self.abandoned = True
             return
         if self._stable_done:
-            sender._pair(self.stable, self._stable_text, outcome, text)
+            sender._pair(self, outcome, text)
         else:
             self._shadow = (outcome, text)
+
+
+def from_send(stable: Outcome, sent_at: float) -> Outcome:
+    """Stable's outcome timed from its send to the upstream, as the copy is timed from its own:
+    what the user's request spent before (admission, reading the body) is not the version's."""
+    before = sent_at - stable.started
+    if before <= 0:
+        return stable
+    return replace(stable, started=sent_at, latency=max(0.0, stable.latency - before),
+                   ttfb=None if stable.ttfb is None else max(0.0, stable.ttfb - before),
+                   ttft=None if stable.ttft is None else max(0.0, stable.ttft - before))
 
 
 def streams(upstream: UpstreamResponse) -> bool:

@@ -34,3 +34,32 @@ def test_a_late_rule_needs_windows_that_reach_feedback_settle_further_back() -> 
     assert RolloutConfig(stages=STAGES, rules=[rule]).longest_window() == 300.0 + 120.0
     errors = {**rule, "metric": "error_rate"}
     assert RolloutConfig(stages=STAGES, rules=[errors]).longest_window() == 300.0
+
+
+def test_the_paired_tests_take_their_settings_and_budget_from_judge_shadow_tests() -> None:
+    default = RolloutConfig(stages=STAGES).judge.to_judge_config()
+    assert default.shadow_family_alpha == pytest.approx(0.01)
+    scaled = RolloutConfig(stages=STAGES, judge={"alpha": 0.002}).judge.to_judge_config()
+    assert scaled.shadow_family_alpha == pytest.approx(0.002)  # judge.alpha scales both families
+    assert scaled.shadow_tests["failed"].alpha == pytest.approx(0.004 * 0.2)
+    judge = {"alpha": 0.002, "shadow_alpha": 0.02,
+             "shadow_tests": {"latency": {"enabled": False}, "failed": {"alpha": 0.001, "r0": 1.5},
+                              "completion_tokens": {"margin": 0.25}}}
+    config = RolloutConfig(stages=STAGES, judge=judge).judge.to_judge_config()
+    assert config.family_alpha == pytest.approx(0.002)  # the live tests keep judge.alpha
+    assert not config.shadow_tests["latency"].enabled
+    assert config.shadow_tests["failed"].alpha == 0.001 and config.shadow_tests["failed"].r0 == 1.5
+    assert config.shadow_tests["schema"].alpha == pytest.approx(0.0015 * 2)  # shadow_alpha scales
+    assert config.shadow_tests["completion_tokens"].margin == 0.25
+    assert config.shadow_tests["output_length"].margin == 0.1
+
+
+@pytest.mark.parametrize(("shadow_tests", "message"), [
+    ({"latencyy": {}}, "unknown shadow test 'latencyy'; known: failed, schema"),
+    ({"failed": {"margin": 0.2}}, "shadow test 'failed' counts events: margin applies only to the amount tests"),
+    ({"failed": {"alpha": 0}}, "shadow_tests.failed.alpha"),
+    ({"latency": {"r0": 0.5}}, "shadow_tests.latency.r0"),
+])
+def test_a_bad_shadow_test_setting_is_a_config_error_naming_it(shadow_tests, message) -> None:
+    with pytest.raises(pydantic.ValidationError, match=message):
+        RolloutConfig(stages=STAGES, judge={"shadow_tests": shadow_tests})

@@ -15,6 +15,16 @@ from tests.shadow.conftest import CHAT, chat, held_handler, shadow_rollout, word
 from tests.support import eventually
 
 
+@pytest.fixture
+def make_proxy(make_proxy):
+    """These tests count pairs exactly: the loop-lag guard is off here (a GC pause in the test
+    process could drop one) and on in its own tests below and in the rollout tests."""
+    async def factory(**sections):
+        shadow = {"max_loop_lag": 0, **sections.pop("shadow", {})}
+        return await make_proxy(shadow=shadow, **sections)
+    return factory
+
+
 def pairs_of(proxy) -> int:
     return proxy.control.evidence.pairs.pairs
 
@@ -266,3 +276,52 @@ async def test_the_status_shows_the_shadow_apart(stable_and_canary, make_proxy):
     assert shadow["window"]["requests"] == 4 and shadow["window"]["cost_usd"] > 0
     assert status["versions"]["canary"]["requests"] == 0  # the canary served no user
     assert shadow["this_process"]["paired"] == 4 and shadow["this_process"]["differing_samples"] == []
+
+
+def _blocking(handler, seconds: float):
+    """`handler`, after holding the event loop for `seconds`: CPU work a proxy cannot keep up with
+    (the test's upstreams share the proxy's loop)."""
+    async def blocked(request: web.Request) -> web.StreamResponse:
+        time.sleep(seconds)  # holds the loop on purpose: this is the overload, not a wait
+        return await handler(request)
+    return blocked
+
+
+async def test_while_the_loop_lags_no_copy_starts_and_no_overlapping_pair_is_compared(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_loop_lag": "20ms"})
+    for user in range(3):  # a loop that keeps up: compared
+        assert (await chat(proxy.data_port, user=f"calm-{user}"))[0] == 200
+    await eventually(lambda: pairs_of(proxy) == 3)
+    stable.on("POST", CHAT, _blocking(words_handler(["the", "answer", "is", "42"]), 0.1))
+    for user in range(5):
+        status, headers, _ = await chat(proxy.data_port, user=f"busy-{user}")
+        assert status == 200 and headers["x-canary-version"] == "stable"  # the user is served as ever
+    await eventually(lambda: proxy.data.shadow.in_flight == 0)
+    assert pairs_of(proxy) == 3 and dropped(proxy, "overloaded") == 5
+    stable.on("POST", CHAT, words_handler(["the", "answer", "is", "42"]))
+    await eventually(lambda: not proxy.data.shadow.lag.lagging())
+    assert (await chat(proxy.data_port, user="calm-again"))[0] == 200
+    await eventually(lambda: pairs_of(proxy) == 4)  # back once the loop keeps up
+
+
+async def test_both_sides_of_a_pair_are_timed_from_their_send(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    for upstream in stable_and_canary:  # both versions answer in 50 ms
+        upstream.on("POST", CHAT, words_handler(["the", "answer", "is", "42"], delay=0.05))
+    proxy = await make_proxy(rollout=shadow_rollout())
+    body = b'{"model": "m-1", "messages": [{"role": "user", "content": "hi"}]}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.data_port)
+    writer.write((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\nx-user-id: slow\r\n\r\n").encode() + body[:10])
+    await writer.drain()
+    await asyncio.sleep(0.3)  # a client slow to send its body: the user's time, not the version's
+    writer.write(body[10:])
+    assert b" 200 " in await reader.readline()
+    writer.close()
+    await eventually(lambda: pairs_of(proxy) == 1)
+    user = next(o for o in proxy.test_sink.outcomes if o.role is Role.STABLE)
+    assert user.latency >= 0.3  # the user's latency counts the body's arrival
+    ratios = proxy.control.evidence.pairs.summary()["ratios"]
+    # Timed from the request's arrival, stable would look 7x slower than the canary (0.35 s / 0.05 s).
+    assert 0.5 < ratios["latency"]["canary_over_stable"] < 2.0, ratios

@@ -57,3 +57,16 @@ async def test_a_healthy_canary_moves_on_from_the_shadow_to_the_live_stage(stabl
     await eventually(lambda: proxy.data.shadow.in_flight == 0)
     served = await drive(proxy, lambda: False, limit=400)
     assert "canary" in served  # live at 5%
+
+
+async def test_the_paired_tests_are_configured_from_rollout_judge_shadow_tests(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary  # a canary answering twice as long, as in the first test
+    canary.on("POST", CHAT, words_handler(["the", "answer", "is", "42", "and", "some", "more", "words"]))
+    off = {"enabled": False}
+    judge = {"enabled": True, "shadow_tests": {"completion_tokens": off, "output_length": off}}
+    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST, judge=judge))
+    controller = proxy.controller
+    await drive(proxy, lambda: controller.state.stage >= 1 or controller.state.phase is not Phase.PROGRESSING)
+    # The two tests that roll it back above are off: the rest show it no worse, so it moves on.
+    assert controller.state.phase is Phase.PROGRESSING and controller.state.stage == 1, controller.state
+    assert proxy.control.evidence.pairs.summary()["ratios"]["completion_tokens"]["canary_over_stable"] == 2.0
