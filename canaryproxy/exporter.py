@@ -158,7 +158,7 @@ def shadow_families(sender: ShadowSender) -> Iterator[Metric]:
     dropped = CounterMetricFamily(
         "canaryproxy_shadow_dropped", "Shadow copies not sent or not compared, by reason (busy: the "
         "canary fell behind; streamed_body; too_large; client_gone; shutdown; unsafe: a request that "
-        "must not be sent twice).", labels=["reason"])
+        "must not be sent twice; overloaded: the event loop lagged).", labels=["reason"])
     for reason, count in counters.dropped.items():
         dropped.add_metric([reason], count)
     yield dropped

@@ -147,9 +147,11 @@ def _shadow_cell(shadow: dict[str, Any]) -> str:
         ratio = (ratios.get(name) or {}).get("canary_over_stable")
         return "-" if ratio is None else f"{ratio:.2f}x"
 
+    overloaded = ((shadow.get("this_process") or {}).get("dropped") or {}).get("overloaded", 0)
     return (f"shadow pairs {pairs.get('pairs', 0)} same-text {_ratio(pairs.get('same_text_rate'))} "
             f"canary/stable tok {times('completion_tokens')} lat {times('latency')} "
-            f"no-worse {'yes' if shadow.get('no_worse') else 'no'}")
+            f"no-worse {'yes' if shadow.get('no_worse') else 'no'}"
+            + (f" (copies paused, proxy overloaded: {overloaded})" if overloaded else ""))
 
 
 def _setting(name: str, value: object) -> str:
