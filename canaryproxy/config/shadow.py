@@ -10,6 +10,7 @@ paired tests count the canary as no worse. Used only by a plan with shadow stage
       samples: 20                # differing pairs kept for `canaryproxy status` and the dashboard
       keep_outputs: false        # keep those pairs' two texts too (off: no user text is kept)
       max_loop_lag: 10ms         # the event loop this late: copies pause, overlapping pairs dropped
+      max_cpu: 0.9               # the process using this share of its core: copies pause (null: never)
 
 What the shadow holds is bounded by max_in_flight x max_response_bytes (256 MiB at the defaults,
 for 64 answers of 4 MiB each at once; LLM answers are kilobytes).
@@ -32,10 +33,14 @@ class ShadowConfig(Strict):
     keep_outputs: bool = False
     sample_chars: int = Field(default=2000, ge=1, le=100_000)
     # An overloaded proxy times a copy (sent after the user's answer) on a longer queue than the
-    # request it copies: judging it would roll back a healthy canary (proxy/looplag.py). 0: off.
+    # request it copies: judging it would roll back a healthy canary (proxy/overload.py). 0: off.
     max_loop_lag: Duration = Field(default=0.01, ge=0)
+    # A copy costs about what its request does: at a full core it takes time the users' requests
+    # need. Copies use the capacity left below this share of one core. None: no limit.
+    max_cpu: float | None = Field(default=0.9, gt=0.0, le=1.0)
 
     def to_settings(self) -> ShadowSettings:
         return ShadowSettings(max_in_flight=self.max_in_flight, max_response_bytes=self.max_response_bytes,
                               samples=self.samples, keep_outputs=self.keep_outputs,
-                              sample_chars=self.sample_chars, max_loop_lag=self.max_loop_lag)
+                              sample_chars=self.sample_chars, max_loop_lag=self.max_loop_lag,
+                              max_cpu=self.max_cpu)

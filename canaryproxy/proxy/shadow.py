@@ -22,11 +22,12 @@
   body was refused) drops the pair (`client_gone`) and cancels the copy, so the canary stops
   generating: a user who leaves is never counted as the canary's failure. Shutdown cancels the
   copies still running (`shutdown`).
-* **Timed alike, on a loop that keeps up.** Both sides of a pair are timed from their send to the
+* **Timed alike, with capacity to spare.** Both sides of a pair are timed from their send to the
   upstream (stable's admission and body reading are the user's, not the version's). While the
-  event loop lags (proxy/looplag.py) no copy starts and no pair whose time overlapped the lag is
-  compared (`overloaded`): a copy runs after the user's request, on a longer queue when the loop is
-  behind, and would show a healthy canary slower.
+  process is overloaded (proxy/overload.py: its event loop runs late, or it uses nearly all of its
+  core) no copy starts, and no pair whose time overlapped a late loop is compared (`overloaded`):
+  a copy would take time the users' requests need, and, run after the user's request on a longer
+  queue, show a healthy canary slower.
 
 The copy's Outcome (role shadow) goes to the outcome sink the data plane was given for it (the
 exporter's totals: /metrics labels it `shadow`, its cost apart); the pair to the pair sink (the
@@ -49,7 +50,7 @@ from canaryproxy.core.types import ErrorKind, Outcome, OutcomeSink, PairSink, Ro
 from canaryproxy.errors import UpstreamError
 from canaryproxy.inspection import Inspection, InspectionSettings, Inspector, RequestFacts, apply, inspector_for
 from canaryproxy.proxy.exchange import Exchange, UpstreamResponse
-from canaryproxy.proxy.looplag import LoopLag
+from canaryproxy.proxy.overload import Overload
 from canaryproxy.proxy.responses import cut_short, failure_status
 
 log = logging.getLogger("canaryproxy.shadow")
@@ -75,6 +76,7 @@ class ShadowSettings:
     keep_outputs: bool = False  # keep the two texts of those samples too (off: no user text kept)
     sample_chars: int = 2000  # of each kept text
     max_loop_lag: float = 0.01  # seconds the event loop may run late before copies pause (0: never)
+    max_cpu: float | None = 0.9  # share of a core the process may use before copies pause (None: never)
 
 
 @dataclass(slots=True)
@@ -104,7 +106,8 @@ class ShadowSender:
         self._wall = wall
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        self.lag = LoopLag(settings.max_loop_lag, now) if settings.max_loop_lag > 0 else None
+        watched = settings.max_loop_lag > 0 or settings.max_cpu is not None
+        self.overload = Overload(settings.max_loop_lag, settings.max_cpu, now) if watched else None
 
     @property
     def in_flight(self) -> int:
@@ -131,14 +134,14 @@ class ShadowSender:
 
     async def start(self) -> None:
         await self.exchange.start()
-        if self.lag is not None:
-            self.lag.start()
+        if self.overload is not None:
+            self.overload.start()
 
     async def close(self) -> None:
         """Cancel the copies still running (their pairs dropped: shutdown), then the pool."""
         self._closing = True
-        if self.lag is not None:
-            self.lag.stop()
+        if self.overload is not None:
+            self.overload.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -154,7 +157,7 @@ class ShadowSender:
         if len(self._tasks) >= self.settings.max_in_flight:
             self.drop(BUSY)
             return False
-        if self.lag is not None and self.lag.lagging():
+        if self.overload is not None and self.overload.overloaded():
             self.drop(OVERLOADED)
             return False
         task = asyncio.get_running_loop().create_task(self._run(call, method, target, headers, body, facts))
@@ -232,7 +235,7 @@ class ShadowSender:
     def _pair(self, call: ShadowCall, shadow: Outcome, shadow_text: str | None) -> None:
         self._record(shadow)
         stable = from_send(call.stable, call.sent_at)
-        if self.lag is not None and self.lag.lagged_since(min(stable.started, shadow.started)):
+        if self.overload is not None and self.overload.lagged_since(min(stable.started, shadow.started)):
             self.drop(OVERLOADED)
             return
         stable_text = call.stable_text

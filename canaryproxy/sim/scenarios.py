@@ -143,6 +143,10 @@ shadow:
   # Keep the texts of the differing pairs for the dashboard: the demo's users and answers are
   # made up. Off by default, so that no user's text is kept.
   keep_outputs: true
+  # Copies pause while the proxy's process uses over 90% of its core (so that they take no time
+  # the users' requests need); the demo's process runs the model servers and the users too, so
+  # it watches only its event loop's lateness.
+  max_cpu: null
 """)
 SHADOW_NEGLIGIBLE = 0.3
 

@@ -17,10 +17,11 @@ from tests.support import eventually
 
 @pytest.fixture
 def make_proxy(make_proxy):
-    """These tests count pairs exactly: the loop-lag guard is off here (a GC pause in the test
-    process could drop one) and on in its own tests below and in the rollout tests."""
+    """These tests count pairs exactly: the overload guard is off here (a GC pause in the test
+    process could drop one, and the process runs the upstreams and clients too) and on in its own
+    tests below."""
     async def factory(**sections):
-        shadow = {"max_loop_lag": 0, **sections.pop("shadow", {})}
+        shadow = {"max_loop_lag": 0, "max_cpu": None, **sections.pop("shadow", {})}
         return await make_proxy(shadow=shadow, **sections)
     return factory
 
@@ -300,7 +301,7 @@ async def test_while_the_loop_lags_no_copy_starts_and_no_overlapping_pair_is_com
     await eventually(lambda: proxy.data.shadow.in_flight == 0)
     assert pairs_of(proxy) == 3 and dropped(proxy, "overloaded") == 5
     stable.on("POST", CHAT, words_handler(["the", "answer", "is", "42"]))
-    await eventually(lambda: not proxy.data.shadow.lag.lagging())
+    await eventually(lambda: not proxy.data.shadow.overload.overloaded())
     assert (await chat(proxy.data_port, user="calm-again"))[0] == 200
     await eventually(lambda: pairs_of(proxy) == 4)  # back once the loop keeps up
 
@@ -325,3 +326,32 @@ async def test_both_sides_of_a_pair_are_timed_from_their_send(stable_and_canary,
     ratios = proxy.control.evidence.pairs.summary()["ratios"]
     # Timed from the request's arrival, stable would look 7x slower than the canary (0.35 s / 0.05 s).
     assert 0.5 < ratios["latency"]["canary_over_stable"] < 2.0, ratios
+
+
+def _burning(handler, seconds: float):
+    """`handler`, after `seconds` of CPU work for the users whose id starts with "burn"."""
+    async def burn(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("x-user-id", "").startswith("burn"):
+            deadline = time.process_time() + seconds
+            while time.process_time() < deadline:
+                pass  # CPU the process spends: the core is full
+        return await handler(request)
+    return burn
+
+
+async def test_while_the_core_is_full_no_copy_starts(stable_and_canary, make_proxy):
+    stable, canary = stable_and_canary
+    proxy = await make_proxy(rollout=shadow_rollout(), shadow={"max_cpu": 0.5})  # the loop's lateness not watched
+    overload = proxy.data.shadow.overload
+    stable.on("POST", CHAT, _burning(words_handler(["the", "answer", "is", "42"]), 0.4))
+    for user in range(4):
+        assert (await chat(proxy.data_port, user=f"burn-{user}"))[0] == 200
+        if overload.cpu_share > 0.5:
+            break
+    assert overload.cpu_share > 0.5, overload.cpu_share
+    assert (await chat(proxy.data_port, user="calm-1"))[0] == 200  # while the share says busy
+    assert dropped(proxy, "overloaded") >= 1
+    await eventually(lambda: not overload.overloaded())  # the next span is idle
+    before = pairs_of(proxy)
+    assert (await chat(proxy.data_port, user="calm-2"))[0] == 200
+    await eventually(lambda: pairs_of(proxy) == before + 1)

@@ -12,6 +12,9 @@ from tests.shadow.conftest import CHAT, chat, shadow_rollout, words_handler
 from tests.support import eventually
 
 FAST = {"evaluate_every": "50ms", "min_requests": 30, "max_hold": "1h"}
+# This process runs the clients and the upstreams beside the proxy, and keeps its core busy: the
+# CPU guard (tests/shadow/test_dataplane.py tests it) would pause the copies the stage needs.
+SHARED_CORE = {"max_cpu": None}
 
 
 async def drive(proxy, until, *, concurrency: int = 8, limit: int = 3000) -> list[str]:
@@ -32,7 +35,7 @@ async def drive(proxy, until, *, concurrency: int = 8, limit: int = 3000) -> lis
 async def test_a_worse_canary_is_rolled_back_in_the_shadow_stage_with_no_user_served(stable_and_canary, make_proxy):
     stable, canary = stable_and_canary
     canary.on("POST", CHAT, words_handler(["the", "answer", "is", "42", "and", "some", "more", "words"]))
-    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST))
+    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST), shadow=SHARED_CORE)
     controller = proxy.controller
     served = await drive(proxy, lambda: controller.state.phase is not Phase.PROGRESSING)
     assert controller.state.phase is Phase.ROLLED_BACK, controller.state
@@ -47,7 +50,7 @@ async def test_a_worse_canary_is_rolled_back_in_the_shadow_stage_with_no_user_se
 
 
 async def test_a_healthy_canary_moves_on_from_the_shadow_to_the_live_stage(stable_and_canary, make_proxy):
-    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST))
+    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST), shadow=SHARED_CORE)
     controller = proxy.controller
     await drive(proxy, lambda: controller.state.stage >= 1 or controller.state.phase is not Phase.PROGRESSING)
     assert controller.state.phase is Phase.PROGRESSING and controller.state.stage == 1, controller.state
@@ -64,7 +67,7 @@ async def test_the_paired_tests_are_configured_from_rollout_judge_shadow_tests(s
     canary.on("POST", CHAT, words_handler(["the", "answer", "is", "42", "and", "some", "more", "words"]))
     off = {"enabled": False}
     judge = {"enabled": True, "shadow_tests": {"completion_tokens": off, "output_length": off}}
-    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST, judge=judge))
+    proxy = await make_proxy(rollout=shadow_rollout(hold="100ms", **FAST, judge=judge), shadow=SHARED_CORE)
     controller = proxy.controller
     await drive(proxy, lambda: controller.state.stage >= 1 or controller.state.phase is not Phase.PROGRESSING)
     # The two tests that roll it back above are off: the rest show it no worse, so it moves on.
