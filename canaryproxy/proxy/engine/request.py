@@ -24,7 +24,7 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 if TYPE_CHECKING:
-    from canaryproxy.proxy.engine.connection import Connection
+    from canaryproxy.proxy.engine.reading import Reading as Connection
 
 # Unread body bytes past which the connection stops reading, and below which it reads again.
 HIGH_WATER = 128 * 1024

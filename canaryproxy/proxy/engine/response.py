@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from canaryproxy.proxy.engine.request import HTTP10, Request
 
 if TYPE_CHECKING:
-    from canaryproxy.proxy.engine.connection import Connection
+    from canaryproxy.proxy.engine.output import Output
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -60,7 +60,7 @@ class StreamResponse:
     """A response whose body is written chunk by chunk: `prepare(request)`, `write(data)`...,
     `write_eof()`. `headers` is the response's own (a CIMultiDict passed in is taken as it is)."""
 
-    __slots__ = ("status", "reason", "headers", "_keep_alive", "_connection", "_chunked",
+    __slots__ = ("status", "reason", "headers", "_keep_alive", "_output", "_chunked",
                  "_left", "_bodiless", "_done")
 
     def __init__(self, *, status: int = 200, reason: str | None = None,
@@ -70,7 +70,7 @@ class StreamResponse:
         self.headers: CIMultiDict[str] = (
             headers if type(headers) is CIMultiDict else CIMultiDict(headers or ()))
         self._keep_alive = True
-        self._connection: Connection | None = None
+        self._output: Output | None = None
         self._chunked = False
         self._left: int | None = None  # body bytes the declared Content-Length still allows
         self._bodiless = False
@@ -86,19 +86,20 @@ class StreamResponse:
 
     @property
     def prepared(self) -> bool:
-        return self._connection is not None
+        return self._output is not None
 
     async def prepare(self, request: Request) -> None:
-        if self._connection is not None:
+        if self._output is not None:
             return
-        connection = self._connection = request._connection
-        connection.write(self._head(request, None))
-        if connection.write_paused:
-            await connection.drain()
+        output = self._output = request._connection.output
+        output.responding = True
+        output.write(self._head(request, None))
+        if output.paused:
+            await output.drain()
 
     async def write(self, data: bytes) -> None:
-        connection = self._connection
-        assert connection is not None, "prepare() first"
+        output = self._output
+        assert output is not None, "prepare() first"
         if self._bodiless or not data:
             return  # an empty chunk would end a chunked body
         left = self._left
@@ -107,11 +108,11 @@ class StreamResponse:
                 data = data[:left]
             self._left = left - len(data)
         if self._chunked:
-            connection.write_chunk(data)
+            output.write_chunk(data)
         else:
-            connection.write(data)
-        if connection.write_paused:
-            await connection.drain()
+            output.write(data)
+        if output.paused:
+            await output.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
         if self._done:
@@ -119,12 +120,12 @@ class StreamResponse:
         if data:
             await self.write(data)
         self._done = True
-        connection = self._connection
-        assert connection is not None, "prepare() first"
+        output = self._output
+        assert output is not None, "prepare() first"
         if self._chunked:
-            connection.write(b"0\r\n\r\n")
-        if connection.write_paused:
-            await connection.drain()
+            output.write(b"0\r\n\r\n")
+        if output.paused:
+            await output.drain()
 
     def _head(self, request: Request, length: int | None) -> bytes:
         """The status line and header section, deciding the framing (`length`: a whole body's)."""
@@ -187,14 +188,15 @@ class Response(StreamResponse):
         self.body = body or b""
 
     async def prepare(self, request: Request) -> None:
-        if self._connection is not None:
+        if self._output is not None:
             return
-        connection = self._connection = request._connection
+        output = self._output = request._connection.output
+        output.responding = True
         head = self._head(request, len(self.body))
-        connection.write(head if self._bodiless else head + self.body)
+        output.write(head if self._bodiless else head + self.body)
         self._done = True
-        if connection.write_paused:
-            await connection.drain()
+        if output.paused:
+            await output.drain()
 
     async def write(self, data: bytes) -> None:
         raise RuntimeError("a Response carries its whole body; use StreamResponse to stream")
