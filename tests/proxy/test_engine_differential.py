@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.proxy.test_corpus import CORPUS, ByteLog, Case, _response, exchange
+from tests.proxy.test_corpus import CORPUS, ByteLog, Case, exchange, statuses_read
 from tests.support import wait_until_ready
 from tests.test_cli import free_port
 
@@ -128,8 +127,6 @@ def answers(rig: Rig, data: bytes, expected: int, splits: tuple[int, ...] = ()) 
 async def _in_pieces(port: int, data: bytes, splits: tuple[int, ...], expected: int) -> list[int]:
     """`exchange`, but the bytes between split points are sent one piece at a time."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    statuses: list[int] = []
-    buffer = b""
     try:
         start = 0
         for cut in (*sorted(set(splits)), len(data)):
@@ -137,23 +134,11 @@ async def _in_pieces(port: int, data: bytes, splits: tuple[int, ...], expected: 
             await writer.drain()
             await asyncio.sleep(0.005)  # the network's pace between pieces, not a wait for a condition
             start = cut
-        deadline = time.monotonic() + 1.5
-        while len(statuses) < expected:
-            while (parsed := _response(buffer, data.startswith(b"HEAD "))) is not None:
-                status, buffer = parsed
-                if status >= 200:
-                    statuses.append(status)
-            if len(statuses) >= expected:
-                break
-            chunk = await asyncio.wait_for(reader.read(65536), max(0.01, deadline - time.monotonic()))
-            if not chunk:
-                break
-            buffer += chunk
-    except (asyncio.TimeoutError, ConnectionError):
-        pass
+        return await statuses_read(reader, expected, data.startswith(b"HEAD "), 1.5)
+    except ConnectionError:
+        return await statuses_read(reader, expected, data.startswith(b"HEAD "), 1.5)
     finally:
         writer.close()
-    return statuses
 
 
 # Corpus cases whose answers differ, and why the llhttp engine's is the better one.

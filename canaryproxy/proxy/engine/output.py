@@ -56,16 +56,16 @@ class Output:
 
     def resume(self) -> None:
         self.paused = False
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake(None)
 
     def lost(self) -> None:
         self.transport = None
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_exception(ConnectionResetError("Connection lost"))
+        self._wake(ConnectionResetError("Connection lost"))
+
+    def _wake(self, error: BaseException | None) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
