@@ -48,7 +48,9 @@ from canaryproxy.exporter import Exporter, Totals
 from canaryproxy.feedback.claims import Claims, RedisClaims
 from canaryproxy.feedback.endpoint import FeedbackEndpoint
 from canaryproxy.feedback.memory import LocalClaims
-from canaryproxy.proxy.edge import EdgeServer
+from canaryproxy.proxy import http
+from canaryproxy.proxy.edge import EdgeListener
+from canaryproxy.proxy.engine.server import EngineServer
 from canaryproxy.proxy.forward import Forwarder
 from canaryproxy.proxy.headers import TrustedProxies
 from canaryproxy.proxy.routing import Router
@@ -217,9 +219,9 @@ class CanaryProxy:
             feed = DirectFeed()
             self.data = build_data_plane(config, feed, self.clock, sink)
             self.control = build_control_plane(config, self.data, feed, self.clock, self.is_ready)
-        self._data_runner: web.ServerRunner | None = None
+        self._listener: EngineServer | EdgeListener | None = None
+        self._listening = False
         self._admin_runner: web.AppRunner | None = None
-        self._data_site: web.TCPSite | None = None
         self.data_port = 0
         self.admin_port = 0
         self._stopped = asyncio.Event()
@@ -250,7 +252,7 @@ class CanaryProxy:
         return self.data.splitter.weight
 
     def is_ready(self) -> bool:
-        return self._data_site is not None and not self.data.forwarder.draining
+        return self._listening and not self.data.forwarder.draining
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -260,18 +262,10 @@ class CanaryProxy:
         await self.forwarder.start()
         control = self.control
 
-        # EdgeServer: aiohttp's server, refusing what its parser lets through, and logging
-        # client-caused errors as one rate-limited line (proxy/edge.py).
-        server = EdgeServer(
-            self.forwarder,
-            # A client that leaves must cancel its upstream request at once, not at the next write.
-            handler_cancellation=True,
-            keepalive_timeout=config.timeouts.keepalive,
-            head_timeout=config.timeouts.client_header,
-            access_log=None,
-        )
-        self._data_runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
-        await self._data_runner.setup()
+        # The data plane's HTTP server (proxy/engine/): refusing what llhttp lets through,
+        # logging client-caused errors as one rate-limited line.
+        self._listener = _data_listener(self.forwarder, keepalive_timeout=config.timeouts.keepalive,
+                                        head_timeout=config.timeouts.client_header)
 
         await control.alerter.start()
         if control.follower is not None and control.controller is not None:
@@ -286,15 +280,14 @@ class CanaryProxy:
         await self._admin_runner.setup()
 
         try:
-            site = web.TCPSite(self._data_runner, *config.listen, backlog=1024, reuse_port=self.reuse_port or None)
-            await site.start()
-            self._data_site = site
+            self.data_port = await self._listener.start(*config.listen, backlog=1024,
+                                                        reuse_port=self.reuse_port)
+            self._listening = True
             admin_site = web.TCPSite(self._admin_runner, *config.admin.listen)
             await admin_site.start()
         except OSError as exc:
             await self._cleanup()
             raise StartupError(f"cannot listen: {exc}") from None
-        self.data_port = _bound_port(site)
         self.admin_port = _bound_port(admin_site)
         log.info(
             "canaryproxy listening on %s:%d (admin %s:%d); stable=%s canary=%s weight=%g%%",
@@ -304,16 +297,12 @@ class CanaryProxy:
 
     async def shutdown(self) -> None:
         """Drain and stop (idempotent)."""
-        if self._data_runner is None:
+        if self._listener is None:
             return
         drain = self.config.timeouts.drain
         self.forwarder.begin_drain()
-        if self._data_site is not None:
-            await self._data_site.stop()
-            self._data_site = None
-        server = self._data_runner.server
-        if server is not None:
-            server.pre_shutdown()  # close idle keep-alive connections now
+        self._listening = False
+        self._listener.drain()  # stop accepting; close idle keep-alive connections now
         in_flight = self.forwarder.in_flight
         if in_flight:
             log.info("draining %d in-flight requests for up to %gs", in_flight, drain)
@@ -333,9 +322,9 @@ class CanaryProxy:
             await control.follower.stop()
         if self.shared is not None:
             await replication.stop(self.shared)  # flushes what is left, releases the lease
-        if self._data_runner is not None:
-            await self._data_runner.cleanup()
-            self._data_runner = None
+        if self._listener is not None:
+            await self._listener.shutdown()
+            self._listener = None
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
@@ -375,6 +364,14 @@ def _exit_if_stuck(after: float) -> None:
     timer = threading.Timer(after, exit_now)
     timer.daemon = True
     timer.start()
+
+
+def _data_listener(handler: Forwarder, *, keepalive_timeout: float,
+                   head_timeout: float) -> EngineServer | EdgeListener:
+    """The llhttp engine, or aiohttp's server while the differential test still compares them."""
+    if http.ENGINE == "aiohttp":
+        return EdgeListener(handler, keepalive_timeout=keepalive_timeout, head_timeout=head_timeout)
+    return EngineServer(handler, keepalive_timeout=keepalive_timeout, head_timeout=head_timeout)
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from canaryproxy.core.types import Feedback, Outcome
@@ -36,6 +35,7 @@ from canaryproxy.feedback.settings import FeedbackSettings
 from canaryproxy.feedback.token import Attribution, BadToken, Signer
 from canaryproxy.proxy.attribution import acceptable_request_id
 from canaryproxy.proxy.headers import X_REQUEST_ID, TrustedProxies
+from canaryproxy.proxy.http import Request, Response, StreamResponse, json_response
 
 log = logging.getLogger("canaryproxy.feedback")
 
@@ -106,26 +106,26 @@ class FeedbackEndpoint:
 
     # --- the endpoint ------------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+    async def handle(self, request: Request, request_id: str) -> StreamResponse:
         origin = request.headers.get("Origin")
         try:
             status, document = await self._answer(request)
         except Refusal as refusal:
             self.counters.refuse(refusal.reason)
-            response = web.json_response({"error": refusal.message, "reason": refusal.reason},
+            response = json_response({"error": refusal.message, "reason": refusal.reason},
                                          status=refusal.status)
             if refusal.status == 405:
                 response.headers["Allow"] = _ALLOW
             if refusal.retry_after is not None:
                 response.headers["Retry-After"] = str(refusal.retry_after)
         else:
-            response = web.json_response(document, status=status) if document is not None else web.Response(
+            response = json_response(document, status=status) if document is not None else Response(
                 status=status, headers={"Allow": _ALLOW})
         self._cors(response, origin, preflight=request.method == "OPTIONS")
         response.headers[X_REQUEST_ID] = request_id
         return response
 
-    async def _answer(self, request: web.BaseRequest) -> tuple[int, dict[str, str] | None]:
+    async def _answer(self, request: Request) -> tuple[int, dict[str, str] | None]:
         address = self.trusted.client_address(request.remote, request.headers.get("X-Forwarded-For")) or "?"
         wait = self.limiter.take(address, self._monotonic())
         if wait:
@@ -141,7 +141,7 @@ class FeedbackEndpoint:
         post = parse(await self._body(request), self.settings.max_comment)
         return await self._take(post)
 
-    async def _body(self, request: web.BaseRequest) -> bytes:
+    async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body
         too_large = Refusal(413, "too_large", f"the body is over the limit of {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
@@ -212,7 +212,7 @@ class FeedbackEndpoint:
             log.exception("feedback delivery failed")
             return False
 
-    def _cors(self, response: web.StreamResponse, origin: str | None, preflight: bool) -> None:
+    def _cors(self, response: StreamResponse, origin: str | None, preflight: bool) -> None:
         if origin is None or origin not in self._origins:
             return
         headers = response.headers

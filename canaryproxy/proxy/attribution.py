@@ -7,10 +7,10 @@ import random
 from collections.abc import Mapping
 from typing import Protocol, TypeGuard
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from canaryproxy.core.types import Outcome
+from canaryproxy.proxy.http import Request, StreamResponse
 
 _random_bits = random.Random().getrandbits
 
@@ -39,6 +39,6 @@ class FeedbackHook(Protocol):
         response's headers."""
         ...
 
-    async def handle(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+    async def handle(self, request: Request, request_id: str) -> StreamResponse:
         """Answer a request to `path` (never forwarded)."""
         ...

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-
 from canaryproxy.core.types import ErrorKind
+from canaryproxy.proxy.http import Request, write_continue
 
 
 class ClientBodyTimeout(Exception):
@@ -26,7 +25,7 @@ class BodyTooLarge(Exception):
 
 
 class MalformedBody(Exception):
-    """Set on the request stream when its chunked framing was refused (edge.py)."""
+    """Set on the request stream when its chunked framing was refused (engine/connection.py)."""
 
 
 class StreamedBody:
@@ -43,7 +42,7 @@ class StreamedBody:
     __slots__ = ("error", "malformed", "bytes", "_request", "_limit", "_timeout", "_timer",
                  "_ahead")
 
-    def __init__(self, request: web.BaseRequest, limit: int, timeout: float) -> None:
+    def __init__(self, request: Request, limit: int, timeout: float) -> None:
         self.error: ErrorKind | None = None
         self.malformed = False
         self.bytes = 0
@@ -105,7 +104,7 @@ class StreamedBody:
             self._timer.cancel()
 
 
-async def read_small_body(request: web.BaseRequest, timeout: float) -> bytes:
+async def read_small_body(request: Request, timeout: float) -> bytes:
     """The whole body of a request whose declared length is within the buffering limit.
 
     Raises ClientBodyTimeout when it did not arrive within `timeout` seconds.
@@ -121,11 +120,9 @@ async def read_small_body(request: web.BaseRequest, timeout: float) -> bytes:
         timer.cancel()
 
 
-async def send_continue(request: web.BaseRequest) -> None:
+async def send_continue(request: Request) -> None:
     """Tell a client waiting on `Expect: 100-continue` to send its body (as nginx does, instead of
     forwarding Expect: an upstream that never answers 100 would leave the body waiting). Only once
     the request is accepted: a refused one gets its final status instead (RFC 9110 §10.1.1)."""
     if request.version >= (1, 1):  # an HTTP/1.0 client cannot mean it (RFC 9110 §10.1.1)
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # aiohttp's own expect handler does the same: the response proper has not begun.
-        request.writer.output_size = 0
+        await write_continue(request)

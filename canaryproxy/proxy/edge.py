@@ -141,3 +141,43 @@ class EdgeServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class EdgeListener:
+    """`EdgeServer` behind the listener interface the wiring uses (start, drain, shutdown): the
+    previous engine, selected by CANARYPROXY_ENGINE=aiohttp while the llhttp one replaces it."""
+
+    def __init__(self, handler: Any, *, keepalive_timeout: float, head_timeout: float) -> None:
+        server = EdgeServer(
+            handler,
+            # A client that leaves must cancel its upstream request at once, not at the next write.
+            handler_cancellation=True,
+            keepalive_timeout=keepalive_timeout,
+            head_timeout=head_timeout,
+            access_log=None,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
+        self._site: web.TCPSite | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False) -> int:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=backlog, reuse_port=reuse_port or None)
+        await site.start()
+        self._site = site
+        server = site._server  # aiohttp exposes the bound port only through the asyncio server
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    def drain(self) -> None:
+        if self._site is not None:
+            # What TCPSite.stop() does, without unregistering the site (cleanup() stops it).
+            server = self._site._server
+            if server is not None:
+                server.close()
+        if self._runner.server is not None:
+            self._runner.server.pre_shutdown()  # close idle keep-alive connections now
+
+    async def shutdown(self, timeout: float = 0.5) -> None:
+        await self._runner.cleanup()

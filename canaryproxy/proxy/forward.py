@@ -5,7 +5,7 @@ The order of events and why:
 1. Refuse what must never reach an upstream (admission.py: faulty framing, a bad Host or version,
    an oversized declared body; a request while draining) before opening any upstream connection:
    the upstream receives no bytes. `OPTIONS *` is answered here; an absolute-form target is sent
-   as its path, with its authority as the host. (What only the raw bytes show: edge.py, wire.py.)
+   as its path, with its authority as the host. (What only the raw bytes show: wire.py, engine/.)
 2. Route (sticky split or override header, routing.py) and build the upstream headers (headers.py).
 3. Read the request body (body.py), after a `100 Continue` when the client asked for one:
    buffered when small (chunked ones too, read ahead), so an LLM request can be inspected and
@@ -17,8 +17,9 @@ The order of events and why:
 6. When the request ends, however it ends: apply the inspection and decide truncation (once),
    then hand exactly one `Outcome` to the sink.
 
-Client disconnects arrive as task cancellation (`handler_cancellation=True`); the relay then closes
-the upstream connection instead of pooling it, so the model server stops generating.
+Client disconnects arrive as task cancellation (the engine cancels the handler's task when the
+connection is lost); the relay then closes the upstream connection instead of pooling it, so the
+model server stops generating.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from canaryproxy.core.types import LIVE_ROLES, ErrorKind, Outcome, OutcomeSink, Role
 from canaryproxy.errors import UpstreamError
@@ -57,6 +56,7 @@ from canaryproxy.proxy.body import (
     send_continue,
 )
 from canaryproxy.proxy.exchange import Body, Deadlines, Exchange, UpstreamResponse
+from canaryproxy.proxy.http import Request, Response, StreamResponse
 from canaryproxy.proxy.headers import (
     ACCEPT_ENCODING,
     CONTENT_LENGTH,
@@ -169,14 +169,14 @@ class Forwarder:
 
     # --- the handler ---------------------------------------------------------------------------
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request) -> StreamResponse:
         started = self._now()
         request_id = request.headers.get(X_REQUEST_ID)
         if not acceptable_request_id(request_id):
             request_id = new_request_id()
         content_length = request.content_length
         target = self._admit(request, request_id, content_length)
-        if isinstance(target, web.Response):
+        if isinstance(target, Response):
             return target
         feedback = self.feedback
         if feedback is not None and request.path == feedback.path:
@@ -218,8 +218,8 @@ class Forwarder:
                 self._drained.set()
 
     def _admit(
-        self, request: web.BaseRequest, request_id: str, content_length: int | None
-    ) -> web.Response | Target | None:
+        self, request: Request, request_id: str, content_length: int | None
+    ) -> Response | Target | None:
         """The answer to a request that must not reach an upstream (or that the proxy answers
         itself), else where it goes (None: where it says, the usual case); see admission.py."""
         if self.draining:
@@ -238,23 +238,23 @@ class Forwarder:
                                   request_id=request_id, close=True)
         # OPTIONS *: a question about the server, not a resource. The proxy is the server the
         # client sees, and routing it by the split would answer for one version at random.
-        return web.Response(status=200, headers={"Allow": _ALLOW, X_REQUEST_ID: request_id})
+        return Response(status=200, headers={"Allow": _ALLOW, X_REQUEST_ID: request_id})
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         outcome: Outcome,
         content_length: int | None,
         api: str,
         inspection: Inspection | None,
         target: Target | None,
         shadow: ShadowCall | None,
-    ) -> web.StreamResponse:
+    ) -> StreamResponse:
         settings = self.settings
         streamed: StreamedBody | None = None
         try:
             read = await self._read_body(request, outcome, content_length, api)
-            if isinstance(read, web.Response):
+            if isinstance(read, Response):
                 return read
             body, facts, streamed = read
             up_headers = upstream_request_headers(
@@ -298,8 +298,8 @@ class Forwarder:
                 streamed.close()
 
     async def _read_body(
-        self, request: web.BaseRequest, outcome: Outcome, content_length: int | None, api: str
-    ) -> tuple[Body, RequestFacts | None, StreamedBody | None] | web.Response:
+        self, request: Request, outcome: Outcome, content_length: int | None, api: str
+    ) -> tuple[Body, RequestFacts | None, StreamedBody | None] | Response:
         """The body to send: None, bytes (small, or a chunked body that ended within the
         buffering limit) or a stream; or the answer when the client's body failed first."""
         if not request.body_exists:
@@ -333,13 +333,13 @@ class Forwarder:
 
     def _respond(
         self,
-        request: web.BaseRequest,
+        request: Request,
         outcome: Outcome,
         upstream: UpstreamResponse,
         facts: RequestFacts | None,
         inspection: Inspection | None,
         share_text: bool = False,
-    ) -> Coroutine[Any, Any, web.StreamResponse]:
+    ) -> Coroutine[Any, Any, StreamResponse]:
         """The response head is here: record it, choose the inspector; the relay, to be awaited
         (returned, not awaited here: one coroutine less for every chunk's wait to pass through)."""
         outcome.ttfb = self._now() - outcome.started
@@ -369,7 +369,7 @@ class Forwarder:
                 inspector = None
         return self._relay(request, upstream, headers, inspector, inspection, outcome)
 
-    def _body_failure(self, outcome: Outcome, streamed: StreamedBody) -> web.Response:
+    def _body_failure(self, outcome: Outcome, streamed: StreamedBody) -> Response:
         """The client's streamed body was too large, too slow or malformed."""
         outcome.bytes_in = streamed.bytes
         outcome.error = streamed.error
@@ -382,12 +382,12 @@ class Forwarder:
                                       f"limit of {self.settings.max_request_body} bytes")
         return self._client_body_timeout(outcome)
 
-    def _client_body_timeout(self, outcome: Outcome) -> web.Response:
+    def _client_body_timeout(self, outcome: Outcome) -> Response:
         outcome.status = 408
         return self._client_error(outcome, 408, "client_body_timeout", "the request body did not "
                                   f"arrive within {self.settings.client_body_timeout:g}s")
 
-    def _client_error(self, outcome: Outcome, status: int, code: str, message: str) -> web.Response:
+    def _client_error(self, outcome: Outcome, status: int, code: str, message: str) -> Response:
         return error_response(status, code, message, role=outcome.role, close=True,
                               served_by_header=self.settings.served_by_header,
                               request_id=outcome.request_id)

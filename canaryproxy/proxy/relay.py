@@ -26,17 +26,17 @@ import struct
 from collections.abc import Callable
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from canaryproxy.core.types import ErrorKind, Outcome
 from canaryproxy.errors import UpstreamError
 from canaryproxy.inspection import Inspection, Inspector
 from canaryproxy.proxy.exchange import UpstreamResponse
+from canaryproxy.proxy.http import Request, StreamResponse
 
 log = logging.getLogger("canaryproxy.proxy")
 
-# Writes that may block on a slow reader only happen past aiohttp's 64 KiB write buffer, so the
+# Writes that may block on a slow reader only happen past the transport's write buffer, so the
 # client-write guard is armed only for responses larger than that.
 _WRITE_GUARD_AFTER_BYTES = 64 * 1024
 
@@ -67,13 +67,13 @@ class Relay:
         self._write_timeout = client_write_timeout
         self._now = now
 
-    async def __call__(self, request: web.BaseRequest, upstream: UpstreamResponse, headers: CIMultiDict[str],
+    async def __call__(self, request: Request, upstream: UpstreamResponse, headers: CIMultiDict[str],
                        inspector: Inspector | None, inspection: Inspection | None, outcome: Outcome,
-                       ) -> web.StreamResponse:
+                       ) -> StreamResponse:
         """Send `upstream` to the client with `headers`, through `inspector` (None: not inspected),
         which fills `inspection`; records bytes_out and error. One coroutine for the whole body: each
         chunk's wait passes through every coroutine between the task and the socket."""
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        response = StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         now = self._now
         read = upstream.read
         write = response.write
@@ -114,7 +114,7 @@ class Relay:
         except asyncio.CancelledError:
             upstream.close()
             if guard is not None and guard.fired:
-                # The reset cancels this handler (handler_cancellation) before the pending write
+                # The reset cancels this handler (the connection is lost) before the pending write
                 # fails: the client was thrown out for not reading, it did not leave.
                 outcome.error = ErrorKind.CLIENT_WRITE_TIMEOUT
             raise
@@ -127,7 +127,7 @@ class Relay:
 
     @staticmethod
     async def _end(
-        response: web.StreamResponse,
+        response: StreamResponse,
         upstream: UpstreamResponse,
         inspector: Inspector | None,
         inspection: Inspection | None,
@@ -149,7 +149,7 @@ class Relay:
 
     @staticmethod
     def _abort(
-        request: web.BaseRequest,
+        request: Request,
         upstream: UpstreamResponse,
         outcome: Outcome,
         error: UpstreamError,
@@ -195,7 +195,7 @@ class _WriteGuard:
 
     __slots__ = ("_request", "_timeout", "_now", "_handle", "writing", "fired")
 
-    def __init__(self, request: web.BaseRequest, timeout: float, now: Callable[[], float]) -> None:
+    def __init__(self, request: Request, timeout: float, now: Callable[[], float]) -> None:
         self._request = request
         self._timeout = timeout
         self._now = now

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import logging
 
-from aiohttp import web
-
 from canaryproxy.core.types import ErrorKind, Outcome, Role
 from canaryproxy.errors import UpstreamError
+from canaryproxy.proxy.http import Response
 
 log = logging.getLogger("canaryproxy.proxy")
 
@@ -41,7 +40,7 @@ def error_response(
     request_id: str | None = None,
     retry_after: int | None = None,
     close: bool = False,
-) -> web.Response:
+) -> Response:
     error: dict[str, object] = {
         "message": message,
         "type": _TYPE_BY_STATUS.get(status, "proxy_error"),
@@ -57,7 +56,7 @@ def error_response(
         headers["X-Request-Id"] = request_id
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    response = web.Response(
+    response = Response(
         status=status,
         body=json.dumps({"error": error}).encode(),
         content_type="application/json",
@@ -73,7 +72,7 @@ def failure_status(kind: ErrorKind) -> int:
     return 504 if kind in _TIMEOUTS else 502
 
 
-def upstream_failure(outcome: Outcome, error: UpstreamError, served_by_header: str | None) -> web.Response:
+def upstream_failure(outcome: Outcome, error: UpstreamError, served_by_header: str | None) -> Response:
     """No response from the upstream: answer 502 or 504 in the OpenAI error shape."""
     status = outcome.status = failure_status(error.kind)
     outcome.error = error.kind

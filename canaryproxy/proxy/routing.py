@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from aiohttp import web
-
 from canaryproxy.core.splitter import Splitter, key_hash
 from canaryproxy.core.types import Role
 from canaryproxy.proxy.headers import TrustedProxies
+from canaryproxy.proxy.http import Request
 
-KeySource = Callable[[web.BaseRequest], "str | None"]
+KeySource = Callable[[Request], "str | None"]
 
 
 def key_source(spec: str, trusted: TrustedProxies) -> KeySource:
@@ -61,7 +60,7 @@ class Router:
         self._sources = tuple(key_source(spec, trusted) for spec in sticky)
         self._override_header = override_header
 
-    def route(self, request: web.BaseRequest) -> Route:
+    def route(self, request: Request) -> Route:
         """The role that serves `request`, its sticky key's hash, and the weight it was split by."""
         hash64 = None
         for source in self._sources:

@@ -13,7 +13,9 @@ lets through, and what it does let through is gone by the time a handler sees th
   went wrong (RFC 9110 §15.5.15, RFC 6585 §5).
 
 `RequestFraming.feed(data)` follows heads, Content-Length bodies and chunked bodies (with trailers)
-and returns a `Refusal` for the first of these it finds. It decides only what it is sure of: where
+and returns a `Refusal` for the first of these it finds. `feed(data, room)` stops once `room`
+messages have ended in `data` (`consumed` says where): a server that bounds how many pipelined
+requests it parses ahead holds the rest back exactly at a message boundary. It decides only what it is sure of: where
 the framing is something llhttp itself will reject (CL with TE, an unparsable length) or hand to
 another protocol (Upgrade, CONNECT), it stops following (`off`) and leaves the connection to llhttp.
 Pure: bytes in, a verdict out; no aiohttp, so the same follower can guard another parser.
@@ -50,7 +52,7 @@ class Refusal:
 class RequestFraming:
     """Follows one connection's requests; see the module docstring."""
 
-    __slots__ = ("_limits", "_state", "_buf", "_remaining", "_start")
+    __slots__ = ("_limits", "_state", "_buf", "_remaining", "_start", "consumed")
 
     def __init__(self, limits: WireLimits = WireLimits()) -> None:
         self._limits = limits
@@ -58,6 +60,7 @@ class RequestFraming:
         self._buf = bytearray()  # a head, chunk-size line or trailer section split across reads
         self._remaining = 0  # body bytes still to skip (chunk data includes its CRLF)
         self._start = 0  # where the current head or chunk-size line began in this data
+        self.consumed = 0  # how much of the data last fed was followed (all of it unless `room` ran out)
 
     @property
     def off(self) -> bool:
@@ -68,9 +71,12 @@ class RequestFraming:
         """Part of a request head has arrived and the rest has not (the head deadline runs)."""
         return self._state == _HEAD and bool(self._buf)
 
-    def feed(self, data: bytes) -> Refusal | None:
+    def feed(self, data: bytes, room: int = -1) -> Refusal | None:
+        """Follow `data`; the refusal of the first thing in it that must be refused, if any.
+        With `room` > 0, stop right after the `room`-th message that ends in `data`."""
         pos, end = 0, len(data)
         self._start = 0
+        self.consumed = end
         while pos < end:
             state = self._state
             if state == _LENGTH or state == _CHUNK_DATA:
@@ -80,6 +86,11 @@ class RequestFraming:
                 if not self._remaining:
                     self._state = _HEAD if state == _LENGTH else _CHUNK_LINE
                     self._start = pos
+                    if state == _LENGTH:
+                        room -= 1
+                        if not room and pos < end:
+                            self.consumed = pos
+                            return None
                 continue
             if state >= _OFF:
                 return None
@@ -91,6 +102,11 @@ class RequestFraming:
             if refusal is not None:
                 return self._refuse(refusal, state)
             self._start = pos
+            if self._state == _HEAD and state != _CHUNK_LINE:  # a head without a body, or trailers
+                room -= 1
+                if not room and pos < end:
+                    self.consumed = pos
+                    return None
         return None
 
     def _line_or_section(self, data: bytes, pos: int, state: int) -> tuple[bytes, int] | None:

@@ -304,10 +304,19 @@ async def exchange(port: int, data: bytes, expected: int, timeout: float = 3.0) 
     arrived or the proxy closed the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
+    try:
+        return await statuses_read(reader, expected, data.startswith(b"HEAD "), timeout)
+    finally:
+        writer.close()
+
+
+async def statuses_read(reader: asyncio.StreamReader, expected: int, sent_head: bool,
+                        timeout: float) -> list[int]:
+    """The final statuses of the responses `reader` gets, until `expected` arrived, the peer
+    closed or `timeout` seconds passed."""
     statuses: list[int] = []
     buffer = b""
     deadline = time.monotonic() + timeout
-    sent_head = data.startswith(b"HEAD ")
     try:
         while len(statuses) < expected:
             while (parsed := _response(buffer, sent_head)) is not None:
@@ -322,8 +331,6 @@ async def exchange(port: int, data: bytes, expected: int, timeout: float = 3.0) 
             buffer += chunk
     except (asyncio.TimeoutError, ConnectionError):
         pass
-    finally:
-        writer.close()
     return statuses
 
 

@@ -1,6 +1,8 @@
 """The relay on its own, between a real upstream (through an exchange) and a real client.
 
-A bare aiohttp server whose handler is only exchange + relay: no forwarder, no routing.
+A bare server whose handler is only exchange + relay: no forwarder, no routing. The relay writes
+the data plane's response type, so the bare server is the data plane's own engine (llhttp, or
+aiohttp's server while CANARYPROXY_ENGINE=aiohttp still selects the previous one).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from canaryproxy.inspection import (
     read_request,
 )
 from canaryproxy.proxy.exchange import Deadlines, Exchange
+from canaryproxy.proxy import http
+from canaryproxy.proxy.engine.server import EngineServer
 from canaryproxy.proxy.headers import downstream_response_headers
 from canaryproxy.proxy.relay import Relay
 from tests.support import SSEScript, eventually
@@ -32,15 +36,20 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CHAT = "/v1/chat/completions"
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[http.Request], Awaitable[http.StreamResponse]]
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
-    """Start a bare aiohttp server on 127.0.0.1 with `handler`; its port."""
+    """Start a bare data-plane server on 127.0.0.1 with `handler`; its port."""
     runners: list[web.ServerRunner] = []
+    servers: list[EngineServer] = []
 
     async def start(handler: Handler) -> int:
+        if http.ENGINE != "aiohttp":
+            server = EngineServer(handler)
+            servers.append(server)
+            return await server.start("127.0.0.1", 0)
         runner = web.ServerRunner(web.Server(handler, handler_cancellation=True, access_log=None))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -51,6 +60,8 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
     yield start
     for runner in runners:
         await runner.cleanup()
+    for server in servers:
+        await server.shutdown()
 
 
 async def relayed(serve, upstream_url: str, path: str, *, inspect: bool = False):
@@ -61,7 +72,7 @@ async def relayed(serve, upstream_url: str, path: str, *, inspect: bool = False)
     outcome = Outcome(Role.STABLE, time.monotonic())
     settings = InspectionSettings(inject_stream_usage=False)
 
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+    async def handler(request: http.Request) -> http.StreamResponse:
         inspection = inspector = None
         try:
             upstream = await exchange.send(request.method, request.raw_path, CIMultiDict())
