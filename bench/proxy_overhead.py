@@ -1,16 +1,18 @@
-"""What canaryproxy costs on the wire, next to no proxy, a bare aiohttp floor, nginx and HAProxy.
+"""What canaryproxy costs on the wire, next to no proxy, a bare aiohttp floor, nginx, HAProxy and LiteLLM.
 
     .venv/bin/python bench/proxy_overhead.py [--duration 10] [--connections 16] [--only a,b] [--json FILE]
 
 One run starts the fast upstream (bench/upstream.py, two ports: stable and canary), then for each
-setup starts the proxy pinned to core 0, checks that it answers both workloads byte for byte,
+setup starts the proxy pinned to core 0, checks that it answers both workloads byte for byte (a
+setup that re-encodes the body, LiteLLM, must give a valid chat completion with the same text),
 drives a warm-up and then a measured run of each workload with wrk (bench/chat.lua; the Python
 generator bench/loadgen.py when wrk is missing) pinned to core 1 with the upstream, and stops it.
 It prints requests/s, p50/p99 latency, the proxy's CPU time per request (from /proc/PID/stat,
 all its processes and threads) and the ratios to direct and to the floor; see bench/README.md.
 
 A setup is one `Setup` entry in SETUPS: a name, the command that starts it (given the ports and a
-directory for its config), and the executables it needs (it is skipped with a note without them).
+directory for its config), and the executables it needs (it is skipped with a note saying how to
+install them without them).
 """
 
 from __future__ import annotations
@@ -67,8 +69,14 @@ class Setup:
     # Writes whatever config it needs into the directory and returns the command to start; None
     # means no proxy at all: the load goes straight to the upstream's stable port.
     command: Callable[[Ports, Path], list[str]] | None
-    needs: tuple[str, ...] = ()  # executables on PATH; the setup is skipped without them
+    needs: tuple[str, ...] = ()  # executables on PATH (or paths); the setup is skipped without them
     judged: bool = False  # the project's goals are checked for it
+    # The skip note's advice when something in `needs` is missing (default: the Debian packages).
+    install: str | None = None
+    # It decodes the upstream's answer and writes its own (ids, timestamps, headers): the check
+    # before measuring asks for a valid chat completion with the upstream's text, not the bytes.
+    reencodes: bool = False
+    start_timeout: float = 20.0  # seconds it may take to listen after start
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +186,58 @@ def haproxy_command(ports: Ports, workdir: Path) -> list[str]:
     return ["haproxy", "-db", "-f", str(path)]
 
 
+# LiteLLM's proxy (https://docs.litellm.ai), installed in a virtualenv of its own so it never
+# touches the project's dependencies; LITELLM names its executable, else it is looked up on PATH.
+LITELLM_INSTALL = "python3 -m venv /opt/litellm && /opt/litellm/bin/pip install 'litellm[proxy]==1.108.7', then LITELLM=/opt/litellm/bin/litellm"
+# No network at start or at run time: the model cost map, Anthropic beta headers, autorouter
+# presets, blog posts and policy templates from the package's own copies instead of GitHub;
+# telemetry vetoed; PRODUCTION mode so no .env file of the working directory is read.
+LITELLM_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+    "LITELLM_LOCAL_AUTOROUTER_PRESETS": "True",
+    "LITELLM_LOCAL_BLOG_POSTS": "True",
+    "LITELLM_LOCAL_POLICY_TEMPLATES": "True",
+    "LITELLM_TELEMETRY_DISABLED": "True",
+    "LITELLM_MODE": "PRODUCTION",
+}
+# Unset whatever the calling shell has: no database, no master key (see the template).
+LITELLM_UNSET = ("DATABASE_URL", "LITELLM_MASTER_KEY")
+
+
+def litellm_executable() -> str:
+    return os.environ.get("LITELLM") or "litellm"
+
+
+def litellm_command(ports: Ports, workdir: Path) -> list[str]:
+    path = workdir / "litellm.yaml"
+    path.write_text(render_template("litellm.yaml", {**_template_values(ports, workdir), "MODEL": payloads.MODEL}))
+    executable = shutil.which(litellm_executable()) or litellm_executable()
+    return [
+        "env", *(f"--unset={key}" for key in LITELLM_UNSET), *(f"{key}={value}" for key, value in LITELLM_ENV.items()),
+        executable, "--config", str(path), "--host", "127.0.0.1", "--port", str(ports.listen), "--num_workers", "1",
+    ]
+
+
+def litellm_version() -> str | None:
+    """The litellm package's version, read by its own interpreter (the script's #! line) without
+    importing litellm, which takes seconds."""
+    executable = shutil.which(litellm_executable())
+    if executable is None:
+        return None
+    try:
+        with open(executable, "rb") as script:
+            first = script.readline(512).decode(errors="replace")
+        interpreter = first[2:].strip().split()[0] if first.startswith("#!") else None
+        if interpreter is None:
+            return None
+        done = subprocess.run([interpreter, "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                              capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
 SETUPS: tuple[Setup, ...] = (
     Setup("direct", "no proxy: straight to the upstream", None),
     canaryproxy_setup("canaryproxy", "canaryproxy run: weight 10, sticky x-user-id, access log on", {}),
@@ -191,6 +251,9 @@ SETUPS: tuple[Setup, ...] = (
           needs=("nginx",)),
     Setup("haproxy", "weighted servers 90/10, http mode, keep-alive", haproxy_command,
           needs=("haproxy",)),
+    Setup("litellm", "LiteLLM proxy: one model, two deployments weighted 90/10 (simple-shuffle), no DB, "
+          "no callbacks, one uvicorn worker", litellm_command, needs=(litellm_executable(),),
+          install=LITELLM_INSTALL, reencodes=True, start_timeout=120.0),
 )
 
 
@@ -292,15 +355,53 @@ class RunSettings:
     paced_rate: float = 1000.0
 
 
-def check_answers(setup: str, port: int) -> None:
-    """One request per workload must come back 200 with the upstream's body byte for byte:
-    a misconfigured setup must fail here, not be measured."""
+_ANSWER_TEXT: str = json.loads(payloads.JSON_RESPONSE_BODY)["choices"][0]["message"]["content"]
+
+
+def reencoded_answer_problem(workload: str, answer: bytes) -> str | None:
+    """What is wrong with a re-encoded answer, or None: JSON must be a chat.completion, SSE a
+    stream of chat.completion.chunk events ending in [DONE], both with the upstream's text."""
+    try:
+        if workload == "json":
+            completion = json.loads(answer)
+            if completion.get("object") != "chat.completion":
+                return f"object is {completion.get('object')!r}, not 'chat.completion'"
+            text = completion["choices"][0]["message"]["content"]
+        else:
+            events = [e for e in answer.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+            if not events or events[-1].strip() != b"data: [DONE]":
+                return "the stream does not end with data: [DONE]"
+            pieces = []
+            for event in events[:-1]:
+                if not event.startswith(b"data: "):
+                    return f"an event without data: {event[:80]!r}"
+                chunk = json.loads(event[len(b"data: "):])
+                if chunk.get("object") != "chat.completion.chunk":
+                    return f"an event of object {chunk.get('object')!r}, not 'chat.completion.chunk'"
+                pieces += [c.get("delta", {}).get("content") or "" for c in chunk.get("choices", [])]
+            text = "".join(pieces)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        return f"not a valid chat completion: {type(exc).__name__}: {exc}"
+    if text != _ANSWER_TEXT:
+        return f"the text differs from the upstream's: {text[:80]!r}"
+    return None
+
+
+def check_answers(setup: str, port: int, reencodes: bool = False, timeout: float = 5.0) -> None:
+    """One request per workload must come back 200 with the upstream's body byte for byte (for
+    a setup that re-encodes the body: a valid chat completion with the upstream's text): a
+    misconfigured setup must fail here, not be measured."""
     for workload, body in payloads.WORKLOADS.items():
         request = payloads.chat_request(body, f"127.0.0.1:{port}", user=1)
         try:
-            status, answer = fetch(port, request)
+            status, answer = fetch(port, request, timeout)
         except (OSError, ProtocolError) as exc:
             raise RigError(f"{setup}: the {workload} check request failed: {exc}") from None
+        if reencodes:
+            problem = "status is not 200" if status != 200 else reencoded_answer_problem(workload, answer)
+            if problem:
+                raise RigError(f"{setup}: the {workload} check request got status {status}, {problem}: {answer[:200]!r}")
+            continue
         if status != 200 or answer != payloads.EXPECTED_BODY[workload]:
             raise RigError(
                 f"{setup}: the {workload} check request got status {status} and a {len(answer)}-byte body "
@@ -348,9 +449,10 @@ def run_setup(
     if setup.command is not None:
         port = free_port()
         proxy = processes.start(setup.name, setup.command(Ports(stable, canary, port), workdir), PROXY_CORE)
-        processes.wait_listening(setup.name, proxy, port)
+        processes.wait_listening(setup.name, proxy, port, timeout=setup.start_timeout)
     try:
-        check_answers(setup.name, port)
+        # A re-encoding gateway's first request can be slow (lazy imports, its HTTP client).
+        check_answers(setup.name, port, setup.reencodes, timeout=30.0 if setup.reencodes else 5.0)
         measurements = []
         for workload, body_file in body_files.items():
             m = measure(setup.name, workload, port, body_file, proxy.pid if proxy else None, upstream_pid, settings)
@@ -507,6 +609,7 @@ def machine_facts() -> dict[str, Any]:
     versions["wrk"] = _command_version(["wrk", "--version"])
     versions["nginx"] = _command_version(["nginx", "-v"])
     versions["haproxy"] = _command_version(["haproxy", "-v"])
+    versions["litellm"] = litellm_version()
     return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(), "versions": versions}
 
 
@@ -535,6 +638,8 @@ class Report:
             f"load: {s['load_generator']}, {s['connections']} connections, {s['duration']} s per run after a "
             f"{s['warmup']} s warm-up; proxy on core {PROXY_CORE}, load generator and upstream on core {RIG_CORE}",
         ]
+        if any(m.setup == "litellm" for m in self.measurements):
+            out.append(f"LiteLLM {v.get('litellm') or '(version unknown)'}: {litellm_executable()}")
         results = self.by_key()
         for workload in WORKLOAD_ORDER:
             rows = [m for m in self.measurements if m.workload == workload]
@@ -618,7 +723,8 @@ def run(selected: Sequence[Setup], settings: RunSettings, workdir: Path, report:
         for setup in selected:
             missing = [tool for tool in setup.needs if shutil.which(tool) is None]
             if missing:
-                why = f"{', '.join(missing)} not installed (apt-get install -y {' '.join(missing)})"
+                how = setup.install or f"apt-get install -y {' '.join(missing)}"
+                why = f"{', '.join(missing)} not installed ({how})"
                 report.skipped[setup.name] = why
                 print(f"  {setup.name:<24} skipped: {why}", file=sys.stderr)
                 continue
@@ -636,7 +742,7 @@ def run(selected: Sequence[Setup], settings: RunSettings, workdir: Path, report:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = [s.name for s in SETUPS]
     parser = argparse.ArgumentParser(
-        description="Proxy overhead of canaryproxy against direct, a bare aiohttp floor, nginx and haproxy.",
+        description="Proxy overhead of canaryproxy against direct, a bare aiohttp floor, nginx, haproxy and LiteLLM.",
     )
     parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per setup and workload (default 10)")

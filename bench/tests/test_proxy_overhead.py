@@ -14,7 +14,7 @@ import payloads
 from canaryproxy.config import load
 from proxy_overhead import (
     BENCH_DIR, SETUPS, Measurement, Ports, Report, canaryproxy_setup, check_goals, haproxy_command,
-    nginx_command, parse_load_result, wrk_command,
+    litellm_command, litellm_executable, nginx_command, parse_load_result, reencoded_answer_problem, wrk_command,
 )
 from rig import RIG_CORE, Processes, RigError, free_port, run_pinned
 
@@ -65,6 +65,46 @@ def test_the_haproxy_config_passes_haproxy_c(tmp_path: Path) -> None:
     argv = haproxy_command(PORTS, tmp_path)
     done = subprocess.run([*argv, "-c"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_litellm_config_serves_one_model_from_both_ports_weighted_90_10(tmp_path: Path) -> None:
+    import yaml
+
+    argv = litellm_command(PORTS, tmp_path)
+    config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text())
+    deployments = [(d["model_name"], d["litellm_params"]["model"], d["litellm_params"]["api_base"],
+                    d["litellm_params"]["weight"]) for d in config["model_list"]]
+    assert deployments == [
+        (payloads.MODEL, f"openai/{payloads.MODEL}", "http://127.0.0.1:18001/v1", 90),
+        (payloads.MODEL, f"openai/{payloads.MODEL}", "http://127.0.0.1:18002/v1", 10),
+    ]
+    assert config["router_settings"]["routing_strategy"] == "simple-shuffle"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "18080"
+    assert argv[argv.index("--num_workers") + 1] == "1"
+    assert "LITELLM_LOCAL_MODEL_COST_MAP=True" in argv and "LITELLM_TELEMETRY_DISABLED=True" in argv
+    litellm = setup_named("litellm")
+    assert litellm.reencodes and "pip install" in (litellm.install or "")
+
+
+def test_a_reencoded_answer_must_be_a_chat_completion_with_the_upstreams_text() -> None:
+    assert reencoded_answer_problem("json", payloads.JSON_RESPONSE_BODY) is None
+    assert reencoded_answer_problem("sse", payloads.SSE_RESPONSE_BODY) is None
+    # Its own id and created, other key order, CRLF between events: still the same answer.
+    rewritten = payloads.SSE_RESPONSE_BODY.replace(b"chatcmpl-bench", b"chatcmpl-other").replace(b"\n\n", b"\r\n\r\n")
+    assert reencoded_answer_problem("sse", rewritten) is None
+    assert "[DONE]" in (reencoded_answer_problem("sse", payloads.SSE_RESPONSE_BODY[: -len(b"data: [DONE]\n\n")]) or "")
+    assert "differs" in (reencoded_answer_problem("sse", payloads.SSE_RESPONSE_BODY.replace(b" fails.", b"")) or "")
+    assert "chat.completion" in (reencoded_answer_problem("json", b'{"object": "error"}') or "")
+    assert "not a valid" in (reencoded_answer_problem("json", b"<html>502</html>") or "")
+
+
+@pytest.mark.slow  # LiteLLM takes 10-25 s to import
+@pytest.mark.skipif(shutil.which(litellm_executable()) is None, reason="LiteLLM is not installed (set LITELLM)")
+def test_the_litellm_config_passes_litellm_validate_config(tmp_path: Path) -> None:
+    argv = litellm_command(PORTS, tmp_path)
+    done = subprocess.run([*argv, "--validate_config"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "config OK (2 models)" in done.stdout
 
 
 def test_goals_are_judged_against_the_floor_and_direct_of_the_same_run() -> None:
