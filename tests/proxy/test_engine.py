@@ -143,3 +143,62 @@ async def test_a_head_request_gets_the_length_and_no_body(make_proxy, upstreams)
     statuses = await exchange(proxy.data_port, b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n" + GET.replace(
         b"/held", b"/"), 2)
     assert statuses == [200, 200]  # a body after the HEAD answer would have read as a response
+
+
+class _CountedSends:
+    """The connection's transport, counting the sends made through it (what reaches the kernel
+    as one `send` each); everything else is the real transport's."""
+
+    def __init__(self, transport):
+        self._transport = transport
+        self.sends: list[bytes] = []
+
+    def write(self, data):
+        self.sends.append(bytes(data))
+        self._transport.write(data)
+
+    def writelines(self, parts):
+        data = b"".join(parts)
+        self.sends.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+async def test_a_json_answer_that_came_whole_goes_out_in_one_send(make_proxy, upstreams):
+    proxy = await make_proxy()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.data_port)
+    writer.write(b"GET /warm HTTP/1.1\r\nHost: h\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"}"), 5)
+    [connection] = connections(proxy)
+    counted = connection.output.transport = _CountedSends(connection.output.transport)
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    # The head waited for the body that arrived with it: one send, not a head and then a body.
+    assert len(counted.sends) == 1 and counted.sends[0] == answer
+
+
+async def test_a_head_is_not_held_back_while_the_upstream_has_not_sent_its_body(make_proxy, upstreams):
+    stable, _ = upstreams
+    release = asyncio.Event()
+
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)  # the head now, the first event much later
+        await release.wait()
+        await response.write(b"data: late\n\n")
+        return response
+
+    stable.on("GET", "/slow-body", slow_body)
+    proxy = await make_proxy()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.data_port)
+    writer.write(b"GET /slow-body HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # while the body is held
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head
+    release.set()
+    event = await asyncio.wait_for(reader.readuntil(b"late\n\n\r\n"), 5)
+    writer.close()
+    assert event.endswith(b"data: late\n\n\r\n")

@@ -93,7 +93,7 @@ class StreamResponse:
             return
         output = self._output = request._connection.output
         output.responding = True
-        output.write(self._head(request, None))
+        output.write_head(self._head(request, None))
         if output.paused:
             await output.drain()
 
@@ -124,6 +124,8 @@ class StreamResponse:
         assert output is not None, "prepare() first"
         if self._chunked:
             output.write(b"0\r\n\r\n")
+        else:
+            output.flush()  # a head no body bytes followed (HEAD, 204, an empty body)
         if output.paused:
             await output.drain()
 
