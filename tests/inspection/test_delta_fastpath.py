@@ -144,6 +144,30 @@ def test_wire_form_reads_what_json_loads_reads(shape: Shape, text: str, ensure_a
         assert sink.text() == 2 * expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(st.tuples(TEXTS, st.booleans(), st.sampled_from(["delta", "delta", "other"])),
+                       min_size=1, max_size=12))
+def test_a_read_of_many_events_reads_them_up_to_the_first_of_another_shape(
+        events: list[tuple[str, bool, str]]) -> None:
+    """Several events in one chunk, as reads bring them under load: plain, escaped or not ASCII
+    strings (each read as json.loads reads it), up to the first event of another shape."""
+    template = learned(SHAPES[0], None)
+    chunk, expected_chars, expected_taken, declined = b"", 0, 0, False
+    for text, ensure_ascii, kind in events:
+        if kind == "other":
+            event = on_wire(DECLINED_EVENTS[0])
+            declined = True
+        else:
+            event = on_wire(_chat(literal(text, ensure_ascii), 0))
+            if not declined:
+                expected_chars += len(SHAPES[0].value(json.loads(event[6:])))
+                expected_taken += len(event)
+        chunk += event
+    found = findings()
+    assert template.read_events(chunk, found) == expected_taken
+    assert found.output_chars == expected_chars
+
+
 DECLINED_EVENTS = [
     _chat(b'"x"', 0).replace(b'"finish_reason":null', b'"finish_reason":"stop"'),
     _chat(b'"a"b"', 0),
