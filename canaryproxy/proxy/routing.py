@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from canaryproxy.core.splitter import Splitter, key_hash
 from canaryproxy.core.types import Role
@@ -33,10 +32,14 @@ def key_source(spec: str, trusted: TrustedProxies) -> KeySource:
 
 _FORCED = {"stable": Role.STABLE, "canary": Role.CANARY}
 
+# Sticky keys' hashes, kept: a user sends many requests, and a dict lookup costs a tenth of the
+# hash. Emptied when full, so a flood of new keys costs memory only up to this many entries.
+_HASHES_KEPT = 65536
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where one request goes, and what it was routed by: what the request's Outcome starts from."""
+
+class Route(NamedTuple):
+    """Where one request goes, and what it was routed by: what the request's Outcome starts from.
+    (A tuple: made once per request, and a frozen dataclass costs several times as much to make.)"""
 
     role: Role
     key_hash: int | None  # the sticky key's 64-bit hash; None when no key was present
@@ -47,7 +50,7 @@ class Route:
 class Router:
     """Picks the role of each request: the override header if present, else the sticky split."""
 
-    __slots__ = ("splitter", "_sources", "_override_header")
+    __slots__ = ("splitter", "_sources", "_override_header", "_hashes")
 
     def __init__(
         self,
@@ -59,6 +62,7 @@ class Router:
         self.splitter = splitter
         self._sources = tuple(key_source(spec, trusted) for spec in sticky)
         self._override_header = override_header
+        self._hashes: dict[str, int] = {}
 
     def route(self, request: Request) -> Route:
         """The role that serves `request`, its sticky key's hash, and the weight it was split by."""
@@ -66,7 +70,12 @@ class Router:
         for source in self._sources:
             key = source(request)
             if key:
-                hash64 = key_hash(key)
+                hashes = self._hashes
+                hash64 = hashes.get(key)
+                if hash64 is None:
+                    if len(hashes) >= _HASHES_KEPT:
+                        hashes.clear()
+                    hash64 = hashes[key] = key_hash(key)
                 break
         splitter = self.splitter
         weight = splitter.weight

@@ -3,8 +3,6 @@ and stamps it with the injected wall clock."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -29,6 +27,20 @@ def test_a_route_names_the_role_the_key_hash_and_the_weight() -> None:
     assert router(25).route(make_mocked_request("GET", "/")).key_hash is None
 
 
+def test_kept_key_hashes_are_the_hashes_and_stay_bounded(monkeypatch) -> None:
+    from canaryproxy.proxy import routing as routing_module
+
+    monkeypatch.setattr(routing_module, "_HASHES_KEPT", 64)
+    routing = router(50)
+    first = make_mocked_request("GET", "/", headers={"x-user-id": "u1"})
+    assert routing.route(first).key_hash == routing.route(first).key_hash == key_hash("u1")
+    for number in range(200):  # a flood of new users
+        request = make_mocked_request("GET", "/", headers={"x-user-id": f"flood-{number}"})
+        assert routing.route(request).key_hash == key_hash(f"flood-{number}")
+        assert len(routing._hashes) <= 64
+    assert routing.route(first) == Route(routing.splitter.choose(key_hash("u1")), key_hash("u1"), 50.0)
+
+
 def test_the_override_header_forces_the_role_and_keeps_the_weight() -> None:
     request = make_mocked_request("GET", "/", headers={"x-user-id": "u1", "x-canary": " Canary "})
     assert router(0).route(request) == Route(Role.CANARY, key_hash("u1"), 0.0)
@@ -36,7 +48,7 @@ def test_the_override_header_forces_the_role_and_keeps_the_weight() -> None:
 
 def test_a_route_is_a_value() -> None:
     route = router(10).route(make_mocked_request("GET", "/"))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # frozen: no field can be set
         route.weight = 50.0  # type: ignore[misc]
 
 
