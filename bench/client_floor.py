@@ -54,11 +54,11 @@ def request_headers() -> CIMultiDict[str]:
 # --- (a) and (b): the proxy's own Exchange ----------------------------------------------------------
 
 async def exchange_client(url: str, implementation: str) -> tuple[Send, Callable[[], Awaitable[None]]]:
-    os.environ["CANARYPROXY_UPSTREAM"] = implementation
     from canaryproxy.core.types import Role
-    from canaryproxy.proxy.exchange import Deadlines, Exchange
+    from canaryproxy.proxy.exchange import AiohttpExchange, Deadlines, LlhttpExchange
 
-    exchange = Exchange(Role.STABLE, url, Deadlines(), connections=1000, keepalive=4.0)
+    kind = AiohttpExchange if implementation == "aiohttp" else LlhttpExchange
+    exchange = kind(Role.STABLE, url, Deadlines(), connections=1000, keepalive=4.0)
     await exchange.start()
     body = payloads.JSON_REQUEST_BODY
 
@@ -184,7 +184,6 @@ async def measure(url: str, names: list[str], args: argparse.Namespace) -> dict[
     clients = {}
     for name in names:
         clients[name] = await (prototype_client(url) if name == "prototype" else exchange_client(url, name))
-        os.environ.pop("CANARYPROXY_UPSTREAM", None)
     results: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.rounds):
         for name in names:
