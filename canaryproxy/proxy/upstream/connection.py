@@ -15,8 +15,12 @@ resolves to, and its reader takes the body from there.
   `should_keep_alive`: HTTP/1.1 without `Connection: close`, or 1.0 with keep-alive, and not
   delimited by the close), a request body sent whole, and nothing unexpected on the wire after.
 * HEAD: llhttp's response parser does not know the request's method, and httptools gives no way to
-  tell it the body is skipped; the response ends at its head, llhttp is stopped there, and the
-  connection is not reused (its parser's state past that point is unknown). Rare on model APIs.
+  tell it the body is skipped: the response ends at its head, llhttp is stopped there and replaced
+  by a fresh parser for the next response. Bytes after that head in the same read can only be a
+  body the upstream should not have sent (no request is pipelined behind it): they are dropped.
+* The head's future is resolved once llhttp has parsed all of the read it came in, so that bad
+  framing right behind the head (a broken first chunk) fails the request before it starts, as
+  aiohttp's parser did, instead of cutting off a response already under way.
 * 1xx interim responses (100 Continue, 103) are skipped; 101 is refused (we never ask to upgrade).
 """
 
@@ -45,7 +49,10 @@ MAX_HEAD = 1024 * 1024  # bytes read while the head is still incomplete
 
 
 class _Stop(Exception):
-    """Raised from an llhttp callback to stop parsing; `reason` for the failure it stands for."""
+    """Raised from an llhttp callback to stop parsing (why: in `Connection._stop`)."""
+
+
+_HEAD_DONE = object()  # `_stop` when llhttp was stopped at the end of a HEAD response's head
 
 
 class Connection(asyncio.Protocol):
@@ -83,7 +90,7 @@ class Connection(asyncio.Protocol):
         self._framed = False  # the body has a Content-Length or is chunked (else: ends at close)
         self._read_paused = self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
-        self._stop: UpstreamError | None = None  # why a callback stopped llhttp
+        self._stop: UpstreamError | object | None = None  # why a callback stopped llhttp
         self._head_bytes = 0
 
     # --- one exchange -----------------------------------------------------------------------------
@@ -159,8 +166,12 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:  # _Stop from a callback among them
-            self._parse_failed(error)
-            return
+            if not self._parse_stopped(error):
+                return
+        head = self._head
+        if head is not None and self._response is not None:
+            self._head = None
+            head.set_result(self._response)
         if first and not self._first and self._busy:
             # The first body bytes: from now on the (shorter) idle deadline applies.
             self._cancel_timer()
@@ -242,18 +253,16 @@ class Connection(asyncio.Protocol):
                 raise _Stop
             self._interim = True  # 100 Continue, 103 Early Hints: the response is still to come
             return
-        head = self._head
-        assert head is not None
-        self._head = None
         headers = CIMultiDictProxy(CIMultiDict(self._fields))
-        self._response = response = UpstreamResponse(status, self._reason, headers, self)
+        self._response = UpstreamResponse(status, self._reason, headers, self)  # resolved by data_received
         if status == 204 or status == 304:
             self._framed = True  # llhttp reads no body here
-        if not head.done():
-            head.set_result(response)
         if self._head_only:
             self._complete()
-            self.keep = False  # llhttp expects a body it will not get: see the module docstring
+            # llhttp would read a body it will not get: stopped here (see the module docstring). Its
+            # keep-alive verdict is conservative: a head with neither length nor chunked says close.
+            self.keep = parser.should_keep_alive()
+            self._stop = _HEAD_DONE
             raise _Stop
 
     def on_body(self, body: bytes) -> None:
@@ -278,8 +287,7 @@ class Connection(asyncio.Protocol):
             self._interim = False
             return
         self._complete()
-        if not self._head_only:
-            self.keep = self._parser.should_keep_alive()
+        self.keep = self._parser.should_keep_alive()
 
     # --- the end of an exchange ----------------------------------------------------------------------
 
@@ -303,18 +311,24 @@ class Connection(asyncio.Protocol):
             response.end(error)
         self.abort()
 
-    def _parse_failed(self, error: httptools.HttpParserError) -> None:
+    def _parse_stopped(self, error: httptools.HttpParserError) -> bool:
+        """llhttp stopped: True when the response parsed so far stands (the end of a HEAD
+        response's head; bytes past a whole response, which only cost the connection's reuse),
+        False when the exchange has failed."""
         stopped, self._stop = self._stop, None
-        if stopped is not None:
+        if stopped is _HEAD_DONE:
+            self._parser = httptools.HttpResponseParser(self)
+            return True
+        if isinstance(stopped, UpstreamError):
             self._fail(stopped)
         elif not self._busy:
-            # _Stop from on_message_begin (bytes past the response) or at a HEAD response's head:
-            # llhttp's state is unknown from here on, so the connection is not reused.
-            self._unexpected()
+            self._unexpected()  # _Stop from on_message_begin: bytes past the response
+            return True  # which itself is whole
         elif self._head is not None:
             self._fail(self.failures.bad_head(error))
         else:
             self._fail(self.failures.broke_off(error))
+        return False
 
     def _unexpected(self) -> None:
         """Bytes nobody asked for (after the response, or on an idle connection): not reused."""
