@@ -130,12 +130,16 @@ class Connection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
-        """Close now, dropping what is unsent: a model server stops generating when it sees it."""
-        self._busy = False
+        """Close now, dropping what is unsent: a model server stops generating when it sees it.
+        A reader still reading (the exchange is closing) sees the body broken off."""
+        busy, self._busy = self._busy, False
         self._cancel_timer()
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.cancel()  # its sender is gone (cancelled): nobody is to be told
+        response = self._response
+        if busy and response is not None:
+            response.end(self.failures.broke_off("the proxy closed the connection"))
         writing = self.writing
         if writing is not None and not writing.done():
             writing.cancel()
