@@ -69,9 +69,16 @@ def start(side: Side, processes: Processes, stable: int, canary: int, workdir: P
     config = po._merged(po.canaryproxy_config(po.Ports(stable, canary, side.port)), side.overrides)
     path = workdir / f"{side.name}.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    # -P: `python -m` would otherwise put the current directory first on sys.path, and run from a
+    # checkout's root that checkout's canaryproxy on both sides, whatever PYTHONPATH says.
+    python = [sys.executable, "-P"]
+    imported = subprocess.run([*python, "-c", "import canaryproxy; print(canaryproxy.__file__)"], check=True,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(side.tree)})
+    if not Path(imported.stdout.strip()).is_relative_to(side.tree):
+        raise RigError(f"{side.name}: canaryproxy imports from {imported.stdout.strip()}, not from {side.tree}")
     os.environ["PYTHONPATH"] = str(side.tree)  # inherited by the one child started next
     try:
-        proxy = processes.start(side.name, [sys.executable, "-m", "canaryproxy", "run", "--config", str(path)],
+        proxy = processes.start(side.name, [*python, "-m", "canaryproxy", "run", "--config", str(path)],
                                 PROXY_CORE)
     finally:
         del os.environ["PYTHONPATH"]
