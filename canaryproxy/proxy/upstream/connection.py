@@ -5,8 +5,8 @@ returns the future of the response head; llhttp's callbacks fill the `UpstreamRe
 resolves to, and its reader takes the body from there.
 
 * Deadlines: one timer per exchange, armed at `begin()` for the first-byte deadline and checked
-  against the time the last bytes arrived (`_progress`), so data arriving costs a clock read, not
-  a new timer. The first body chunk switches it to the idle deadline. While the reader is behind
+  against the time the last bytes arrived or a streamed request body last went out (`_progress`),
+  so progress costs a clock read, not a new timer. The first body chunk switches it to the idle deadline. While the reader is behind
   (body unread, or reading paused for it), a silent upstream is not the upstream's fault: aiohttp
   stops its read timer then too.
 * Flow control: past `HIGH_WATER` unread body bytes the socket is not read (the kernel's window
@@ -200,6 +200,11 @@ class Connection(asyncio.Protocol):
             self._complete()  # a body delimited by the close: the close is its end
         else:
             self._fail(self.failures.broke_off(_cut_short(exc)))
+
+    def sent(self) -> None:
+        """Part of a streamed request body went out: the first-byte deadline counts from the
+        request's end, not from its start (a long upload is not a silent upstream)."""
+        self._progress = self._loop.time()
 
     def pause_writing(self) -> None:
         self._write_paused = True

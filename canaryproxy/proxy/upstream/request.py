@@ -82,6 +82,7 @@ async def _stream(connection: Connection, body: AsyncIterable[bytes], chunked: b
             transport.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
         else:
             transport.write(piece)
+        connection.sent()
         await connection.drain()
     transport = connection.transport
     if chunked and transport is not None and not transport.is_closing():
