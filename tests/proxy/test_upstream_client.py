@@ -274,7 +274,8 @@ async def test_a_base_url_with_a_path_puts_targets_under_it(made, upstreams):
     assert stable.seen[0].raw_path == "/prefix/v1/models?q=%2F"
 
 
-def test_https_stays_on_aiohttp():
+def test_https_stays_on_aiohttp(monkeypatch):
+    monkeypatch.delenv("CANARYPROXY_UPSTREAM", raising=False)
     with pytest.raises(ValueError, match="plain http only"):
         LlhttpExchange(Role.STABLE, "https://127.0.0.1:1", Deadlines())
     assert isinstance(Exchange(Role.STABLE, "https://127.0.0.1:1", Deadlines()), AiohttpExchange)
@@ -357,6 +358,23 @@ async def test_header_names_are_kept_as_received(made):
     assert list(response.headers.items()) == [("ETag", '"e"'), ("x-lower", "a"), ("X-UPPER", "b"),
                                               ("X-UPPER", "c"), ("Content-Length", "0")]
     assert response.headers.getall("x-upper") == ["b", "c"]
+
+
+async def test_a_reason_is_the_responses_own(made):
+    replies = [b"HTTP/1.1 200 Fine\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"]
+    peer = RawPeer(reply=lambda data: replies.pop(0) if b"\r\n\r\n" in data else None, close_after_reply=False)
+    await peer.start()
+    try:
+        exchange = await client(made, peer.url)
+        reasons = []
+        for _ in range(2):
+            response = await exchange.send("GET", "/", CIMultiDict())
+            reasons.append(response.reason)
+            await body_of(response)
+            response.release()
+    finally:
+        await peer.stop()
+    assert reasons == ["Fine", ""] and peer.connections == 1
 
 
 async def test_a_reader_that_falls_behind_pauses_the_upstream(made, upstreams):

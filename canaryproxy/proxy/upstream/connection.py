@@ -237,6 +237,7 @@ class Connection(asyncio.Protocol):
         if not self._busy:
             raise _Stop  # bytes after the response: the connection cannot be trusted again
         self._fields = []
+        self._reason = ""  # llhttp calls on_status only for a reason that is there
         self._framed = False
 
     def on_status(self, status: bytes) -> None:
