@@ -104,6 +104,7 @@ class Connection(asyncio.Protocol):
         self._first = True
         self._head_only = head_only
         self._head_bytes = 0
+        self.writing = None
         self._fields = []
         self._progress = now = self._loop.time()
         self._timer = self._loop.call_at(now + self.pool.deadlines.first_byte, self._check)
@@ -175,7 +176,8 @@ class Connection(asyncio.Protocol):
         head = self._head
         if head is not None and self._response is not None:
             self._head = None
-            head.set_result(self._response)
+            if not head.done():  # cancelled with its sender, whose abort() has not yet run
+                head.set_result(self._response)
         if first and not self._first and self._busy:
             # The first body bytes: from now on the (shorter) idle deadline applies.
             self._cancel_timer()
