@@ -56,8 +56,14 @@ async def test_pairs_from_every_replica_reach_the_leader_and_the_rollback_reache
         assert all(x["weight"] == 0 and x["shadow"]["share"] == 0 for x in statuses)
         local = [x["shadow"]["this_process"]["paired"] for x in statuses]
         assert all(n > 0 for n in local), local  # both replicas copied and paired
-        leader = next(x for x in statuses if x["coordination"]["leads"])
-        assert leader["shadow"]["pairs"]["pairs"] >= sum(local) - 40  # all but what was in flight
+
+        def leader_has_every_replicas_pairs(now: list[dict]) -> bool:
+            # A replica's last pairs reach the leader with its next published batch: wait for it.
+            leader = next(x for x in now if x["coordination"]["leads"])
+            paired = sum(x["shadow"]["this_process"]["paired"] for x in now)
+            return leader["shadow"]["pairs"]["pairs"] >= paired - 40  # all but what was in flight
+
+        await fleet.wait_for(leader_has_every_replicas_pairs, timeout=10)
         for replica in fleet.replicas:  # the shared decision record says why, on every replica
             await rollback_recorded(replica)
     finally:
