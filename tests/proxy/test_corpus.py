@@ -272,7 +272,7 @@ class ByteLog:
             while data := await reader.read(65536):
                 self.received += data
                 buffer += data
-                while (end := _request_end(buffer)) is not None:
+                while (end := request_end(buffer)) is not None:
                     is_head = buffer.startswith(b"HEAD ")
                     buffer = buffer[end:]
                     self.requests += 1
@@ -283,7 +283,7 @@ class ByteLog:
             writer.close()
 
 
-def _request_end(buffer: bytes) -> int | None:
+def request_end(buffer: bytes) -> int | None:
     head_end = buffer.find(b"\r\n\r\n")
     if head_end < 0:
         return None

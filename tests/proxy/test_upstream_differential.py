@@ -21,23 +21,9 @@ from multidict import CIMultiDict
 from canaryproxy.core.types import Role
 from canaryproxy.errors import UpstreamError
 from canaryproxy.proxy.exchange import AiohttpExchange, Body, Deadlines, LlhttpExchange
+from tests.proxy.test_corpus import request_end
 
 CLIENTS = {"aiohttp": AiohttpExchange, "llhttp": LlhttpExchange}
-
-
-def request_end(buffer: bytes) -> int | None:
-    head_end = buffer.find(b"\r\n\r\n")
-    if head_end < 0:
-        return None
-    head, start = buffer[:head_end].lower(), head_end + 4
-    if b"transfer-encoding: chunked" in head:
-        end = buffer.find(b"\r\n0\r\n\r\n", start - 2)
-        return None if end < 0 else end + 7
-    for line in head.split(b"\r\n"):
-        if line.startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-            return start + length if len(buffer) >= start + length else None
-    return start
 
 
 class ScriptedPeer:
