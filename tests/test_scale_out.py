@@ -51,9 +51,9 @@ async def fleet_of(tmp_path, redis, upstreams):
         await fleet.stop()
 
 
-async def keep_traffic(fleet: Fleet, stop: asyncio.Event) -> None:
+async def keep_traffic(fleet: Fleet, stop: asyncio.Event, replicas: list | None = None) -> None:
     while not stop.is_set():
-        await spread_traffic(fleet.live, 30, concurrency=3)
+        await spread_traffic(replicas if replicas is not None else fleet.live, 30, concurrency=3)
 
 
 async def test_three_replicas_walk_the_plan_as_one(fleet_of):
@@ -99,9 +99,18 @@ async def test_a_regression_each_replica_sees_a_third_of_is_rolled_back_on_the_s
         batch = await spread_traffic(fleet.live, 90)
         for key, value in batch.items():
             counts[key] = counts.get(key, 0) + value
-        statuses = await fleet.statuses()
-        if all(s["phase"] == "rolled_back" for s in statuses):
-            break
+        sent = sum(counts.get(f"r{i}:canary", 0) for i in range(3))
+
+        def leader_saw_every_batch(now: list[dict]) -> bool:
+            # Outcomes reach the leader through the shared feed: the next batch waits until the
+            # leader has judged this one, so no replica is sent more than the rule needed.
+            leader = next((x for x in now if x["coordination"]["leads"]), None)
+            return leader is not None and (leader["phase"] == "rolled_back"
+                                           or leader["versions"]["canary"]["requests"] >= sent)
+
+        statuses = await fleet.wait_for(leader_saw_every_batch, timeout=10)
+        if any(s["phase"] == "rolled_back" for s in statuses):
+            break  # the others follow within a second; no more traffic meanwhile
     statuses = await fleet.wait_for(lambda s: all(x["phase"] == "rolled_back" and x["weight"] == 0 for x in s))
     per_replica = [counts.get(f"r{i}:canary", 0) for i in range(3)]
     rollback = await _decision(fleet.live[0], lambda d: d["after"]["phase"] == "rolled_back")
@@ -139,10 +148,14 @@ async def test_a_leader_paused_past_its_lease_has_every_write_refused(fleet_of):
     fleet = await fleet_of(HOLDING, lease="1s")
     stop = asyncio.Event()
     traffic = asyncio.create_task(keep_traffic(fleet, stop))
+    traffic_to_others: asyncio.Task[None] | None = None
     try:
         old = await fleet.leader()
         await old.signal(signal.SIGSTOP)
         others = fleet.live
+        # The batch under way has requests waiting on the stopped replica until SIGCONT: the rest
+        # of the fleet gets traffic of its own meanwhile, so the new leader's stage sees requests.
+        traffic_to_others = asyncio.create_task(keep_traffic(fleet, stop, others))
         await fleet.wait_for(lambda s: sum(x["coordination"]["leads"] for x in s) == 1, replicas=others, timeout=6)
         await fleet.wait_for(lambda s: all(x["stage"]["number"] == 2 for x in s), replicas=others, timeout=15)
         await old.signal(signal.SIGCONT)
@@ -150,6 +163,8 @@ async def test_a_leader_paused_past_its_lease_has_every_write_refused(fleet_of):
     finally:
         stop.set()
         await traffic
+        if traffic_to_others is not None:
+            await traffic_to_others
     # It follows the new leader's state; nothing it wrote after waking stood.
     statuses = await fleet.wait_for(lambda s: len({(x["generation"], x["weight"]) for x in s}) == 1, timeout=5)
     assert statuses[0]["stage"]["number"] == 2 and status[0]["weight"] == 60.0
