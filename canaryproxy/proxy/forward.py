@@ -234,8 +234,7 @@ class Forwarder:
         if verdict is None or type(verdict) is Target and verdict.path != "*":
             return verdict
         if isinstance(verdict, Refused):
-            return error_response(verdict.status, verdict.code, verdict.message,
-                                  request_id=request_id, close=True)
+            return error_response(verdict.status, verdict.code, verdict.message, request_id=request_id, close=True)
         # OPTIONS *: a question about the server, not a resource. The proxy is the server the
         # client sees, and routing it by the split would answer for one version at random.
         return Response(status=200, headers={"Allow": _ALLOW, X_REQUEST_ID: request_id})
