@@ -273,8 +273,8 @@ def _add_demo(commands: Commands) -> None:
 
     demo = commands.add_parser(
         "demo", help="watch a whole rollout on this machine: simulated models, traffic, rollback",
-        description="Starts two simulated model servers (stable and canary), the proxy with a three-stage "
-                    "rollout, rules and the judge, and traffic of a few thousand users, all on 127.0.0.1. "
+        description="Starts two simulated model servers (stable and canary), the proxy with a staged "
+                    "rollout (5%, 25%, 50%; the shadow scenarios begin with a shadow stage), rules and the judge, and traffic of a few thousand users, all on 127.0.0.1. "
                     "Scenarios: " + "; ".join(f"{s.name}: {s.story}" for s in SCENARIOS.values()) + ".")
     demo.add_argument("--scenario", choices=list(SCENARIOS), default="healthy")
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second (default %(default)g)")
