@@ -4,9 +4,12 @@ A connection carries one exchange at a time (no pipelining): `begin()` arms it f
 returns the future of the response head; llhttp's callbacks fill the `UpstreamResponse` that future
 resolves to, and its reader takes the body from there.
 
-* Deadlines: one timer per exchange, armed at `begin()` for the first-byte deadline and checked
-  against the time the last bytes arrived or a streamed request body last went out (`_progress`),
-  so progress costs a clock read, not a new timer. The first body chunk switches it to the idle deadline. While the reader is behind
+* Deadlines: one timer per connection, not per exchange (arming one costs more than the rest of
+  an exchange's bookkeeping): it wakes at least every min(first byte, idle) while the connection
+  is busy, checks the deadline that applies (first byte until a body byte came, then idle) against
+  the time the last bytes arrived or a streamed request body last went out (`_progress`), and
+  sleeps again until it is due; on an idle pooled connection it stops. So progress costs a clock
+  read, and a request no timer. While the reader is behind
   (body unread, or reading paused for it), a silent upstream is not the upstream's fault: aiohttp
   stops its read timer then too.
 * Flow control: past `HIGH_WATER` unread body bytes the socket is not read (the kernel's window
@@ -107,7 +110,8 @@ class Connection(asyncio.Protocol):
         self.writing = None
         self._fields = []
         self._progress = now = self._loop.time()
-        self._timer = self._loop.call_at(now + self.pool.deadlines.first_byte, self._check)
+        if self._timer is None:  # else the last exchange's timer checks this one in time
+            self._timer = self._loop.call_at(now + self._horizon(), self._check)
         return head
 
     def finish(self, reuse: bool) -> None:
@@ -167,7 +171,6 @@ class Connection(asyncio.Protocol):
             if self._head_bytes > MAX_HEAD:
                 self._fail(self.failures.bad_head(f"a response head over {MAX_HEAD} bytes"))
                 return
-        first = self._first
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:  # _Stop from a callback among them
@@ -178,10 +181,6 @@ class Connection(asyncio.Protocol):
             self._head = None
             if not head.done():  # cancelled with its sender, whose abort() has not yet run
                 head.set_result(self._response)
-        if first and not self._first and self._busy:
-            # The first body bytes: from now on the (shorter) idle deadline applies.
-            self._cancel_timer()
-            self._timer = self._loop.call_at(self._progress + self.pool.deadlines.idle, self._check)
 
     def eof_received(self) -> bool | None:
         return None  # the upstream is done sending: close (connection_lost says what it means)
@@ -304,8 +303,7 @@ class Connection(asyncio.Protocol):
     # --- the end of an exchange ----------------------------------------------------------------------
 
     def _complete(self) -> None:
-        self._busy = False
-        self._cancel_timer()
+        self._busy = False  # the timer stays: it stops by itself, or checks the next exchange
         self.answered += 1
         response = self._response
         if response is not None:
@@ -360,13 +358,19 @@ class Connection(asyncio.Protocol):
             self._progress = now  # the reader is behind, not the upstream
         due = self._progress + limit
         if now < due:
-            self._timer = self._loop.call_at(due, self._check)
+            self._timer = self._loop.call_at(min(due, now + self._horizon()), self._check)
             return
         failures = self.failures
         if self._head is not None:
             self._fail(failures.no_head_in_time())
         else:
             self._fail(failures.no_body_in_time() if self._first else failures.idle())
+
+    def _horizon(self) -> float:
+        """How long the timer may sleep: the shorter deadline, so that whichever applies when it
+        wakes (first byte, or idle once the body has begun) is never overslept."""
+        deadlines = self.pool.deadlines
+        return min(deadlines.first_byte, deadlines.idle)
 
     def _cancel_timer(self) -> None:
         timer = self._timer
