@@ -35,6 +35,7 @@ from canaryproxy.inspection.findings import Findings, TextSink
 
 # The first byte that ends the plain body of a JSON string: a quote, a backslash or a control byte.
 BODY_END = re.compile(rb'["\\\x00-\x1f]')
+_find_body_end = BODY_END.search  # bound once: the hot path looks it up per event
 _VOLATILE_NAMES = (b'"sequence_number":', b'"obfuscation":')
 _VOLATILE_MEMBER = re.compile(rb'"(sequence_number|obfuscation)":')
 # A JSON string of ASCII without escapes: what no byte BODY_END finds, and no byte over 0x7f.
@@ -226,9 +227,6 @@ def _count_plain_events(quick: Quick, chunk: bytes, found: Findings) -> int:
         found.deltas += 1
         position += len(piece) + tail_size
     return position
-
-
-_find_body_end = BODY_END.search
 
 
 def _read_padded_event(padded: _Padded, chunk: bytes, found: Findings) -> bool:

@@ -18,7 +18,8 @@ from yarl import URL
 from canaryproxy.core.types import Role
 from canaryproxy.errors import UpstreamError
 from canaryproxy.proxy.upstream.policy import (
-    RETRY_CONNECT_REFUSED, RETRY_REASONS, RETRY_STALE_CONNECTION, Body, Deadlines, Failures, replayable,
+    RETRY_CONNECT_REFUSED, RETRY_REASONS, RETRY_STALE_CONNECTION, Body, ChunkIteration, Deadlines, Failures,
+    replayable,
 )
 
 log = logging.getLogger("canaryproxy.proxy")
@@ -184,7 +185,7 @@ class AiohttpExchange:
         return failures.bad_head(exc)
 
 
-class AiohttpResponse:
+class AiohttpResponse(ChunkIteration):
     """An upstream's answer: its head, and its body to read chunk by chunk.
 
     End with `release()` after reading the whole body (the connection goes back to the pool) or
@@ -220,15 +221,6 @@ class AiohttpResponse:
                 self._idle_from_now_on()
         return chunk
 
-    def __aiter__(self) -> AiohttpResponse:
-        return self
-
-    async def __anext__(self) -> bytes:
-        # `async for` costs a StopAsyncIteration per response: the relay calls read() instead.
-        chunk = await self.read()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
 
     def release(self) -> None:
         self._response.release()

@@ -446,3 +446,25 @@ async def test_a_refused_connection_is_retried_once_for_a_buffered_body_only(mad
             await exchange.send("POST", "/", CIMultiDict(), streamed() if body == "stream" else body)
         assert caught.value.kind is ErrorKind.CONNECT
         assert exchange.retries == {"connect_refused": expected, "stale_connection": 0}
+
+
+@pytest.mark.parametrize("name, value, target", [
+    ("X-Note", "a\r\nInjected: 1", "/v1/chat"),  # a header of its own
+    ("X-Note", "a\rb", "/v1/chat"),  # a bare CR
+    ("X-Note", "a\nb", "/v1/chat"),  # a bare LF
+    ("X-Note", "fine", "/v1/chat HTTP/1.1\r\nInjected: 1\r\nX:"),  # in the target
+])
+def test_a_request_head_with_a_line_break_inside_a_field_is_refused(name, value, target) -> None:
+    from canaryproxy.proxy.upstream.request import head
+
+    with pytest.raises(ValueError, match="newline or carriage return"):
+        head("POST", target, "Host: up\r\n", CIMultiDict({name: value}), b"{}")
+
+
+def test_a_request_head_is_written_as_given() -> None:
+    from canaryproxy.proxy.upstream.request import head
+
+    with_host = head("GET", "/a?b=1", "Host: up\r\n", CIMultiDict({"X-A": "1", "X-B": "2"}), None)
+    assert with_host == (b"GET /a?b=1 HTTP/1.1\r\nHost: up\r\nX-A: 1\r\nX-B: 2\r\n\r\n",)
+    own_host = head("POST", "/a", "Host: up\r\n", CIMultiDict({"Host": "other", "Content-Length": "9"}), b"{}")
+    assert own_host == (b"POST /a HTTP/1.1\r\nHost: other\r\nContent-Length: 2\r\n\r\n{}",)

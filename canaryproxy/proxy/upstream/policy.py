@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from typing import Any
 
 from multidict import CIMultiDict
 
@@ -41,6 +42,25 @@ def replayable(method: str, headers: CIMultiDict[str], body: Body) -> bool:
     if not (body is None or isinstance(body, bytes)):
         return False  # a streamed body has been consumed
     return method in _REPLAYABLE_METHODS or any(key in headers for key in _IDEMPOTENCY_KEYS)
+
+
+class ChunkIteration:
+    """`async for chunk in response`, for a response whose `read()` gives chunks and b"" at the end.
+    (`async for` costs a StopAsyncIteration per response: the relay calls read() instead.)"""
+
+    __slots__ = ()
+
+    async def read(self) -> bytes:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def short(exc: BaseException | str) -> str:

@@ -51,9 +51,9 @@ def head(method: str, target: str, host_line: str, headers: CIMultiDict[str], bo
         lines += (name, ": ", value, "\r\n")
     lines.append(framing)
     text = "".join(lines)
-    if text.count("\n") != len(lines) // 4 + framing.count("\n") + (HOST not in headers):
-        raise ValueError("newline or carriage return in the request target or a header")
-    if text.count("\r") != text.count("\n"):
+    # Line ends: the request line's, the Host line's if ours, one per header, the framing's.
+    ends = 1 + (HOST not in headers) + len(headers) + framing.count("\n")
+    if text.count("\n") != ends or text.count("\r") != ends:
         raise ValueError("newline or carriage return in the request target or a header")
     data = text.encode("utf-8", "surrogateescape")
     if not isinstance(body, bytes) or not body:

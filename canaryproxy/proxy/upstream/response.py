@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 from multidict import CIMultiDictProxy
 
 from canaryproxy.errors import UpstreamError
+from canaryproxy.proxy.upstream.policy import ChunkIteration
 
 if TYPE_CHECKING:
     from canaryproxy.proxy.upstream.connection import Connection
 
 
-class UpstreamResponse:
+class UpstreamResponse(ChunkIteration):
     """An upstream's answer: its head, and its body to read chunk by chunk.
 
     End with `release()` after reading the whole body (the connection goes back to the pool) or
@@ -65,15 +66,6 @@ class UpstreamResponse:
             finally:
                 self.waiter = None
 
-    def __aiter__(self) -> UpstreamResponse:
-        return self
-
-    async def __anext__(self) -> bytes:
-        # `async for` costs a StopAsyncIteration per response: the relay calls read() instead.
-        chunk = await self.read()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
 
     def release(self) -> None:
         """The body was read: the connection goes back to the pool if its framing allows, and
