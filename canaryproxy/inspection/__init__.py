@@ -23,8 +23,9 @@ from typing import Protocol
 from canaryproxy.core.types import Role
 from canaryproxy.inspection import anthropic, openai
 from canaryproxy.inspection.body import BodyInspector, BodyReader
-from canaryproxy.inspection.findings import Findings
+from canaryproxy.inspection.findings import findings_for
 from canaryproxy.inspection.generic import PASS_THROUGH, PassThrough
+from canaryproxy.inspection.plainbody import plain_chat_possible
 from canaryproxy.inspection.guardrails import record_response_head
 from canaryproxy.inspection.request import (
     CHAT,
@@ -116,34 +117,15 @@ def inspector_for(
         if not successful or read_event is None:
             return PASS_THROUGH
         drop = openai.is_usage_only_chunk if facts.usage_injected and facts.api in (CHAT, COMPLETIONS) else None
-        found = _findings(facts, settings, inspection, role, started, now, share_text)
+        found = findings_for(facts, settings, inspection, role, started, now, share_text)
         return StreamInspector(read_event, found, facts, settings, drop)
     if media_type == "application/json" or media_type.endswith("+json"):
-        found = _findings(facts, settings, inspection, role, started, None, share_text)
         if not successful:
-            return BodyInspector(openai.error_body, found, facts, settings, record=False)
+            return BodyInspector(openai.error_body, inspection, facts, settings, role=role, started=started,
+                                 share_text=share_text, record=False)
         return BodyInspector(
-            _BODY_READERS[facts.api], found, facts, settings, produces_text=facts.api != EMBEDDINGS
+            _BODY_READERS[facts.api], inspection, facts, settings, role=role, started=started,
+            share_text=share_text, produces_text=facts.api != EMBEDDINGS,
+            plain=facts.api == CHAT and plain_chat_possible(facts, settings, share_text),
         )
     return PASS_THROUGH
-
-
-def _findings(
-    facts: RequestFacts,
-    settings: InspectionSettings,
-    inspection: Inspection,
-    role: Role,
-    started: float,
-    now: Callable[[], float] | None,
-    share_text: bool,
-) -> Findings:
-    return Findings(
-        inspection,
-        now,
-        started=started,
-        role=role,
-        keep_text=share_text or facts.output_schema is not None or facts.json_object or bool(settings.text_rules),
-        share_text=share_text,
-        keep_tool_arguments=bool(facts.tool_schemas),
-        cap=settings.max_schema_bytes,
-    )

@@ -173,11 +173,11 @@ class Findings:
 
     def set_usage(self, prompt: Any, completion: Any, reasoning: Any = None) -> None:
         """Token counts as reported; a count that is not a non-negative integer is not a count."""
-        if (prompt := _count(prompt)) is not None:
+        if (prompt := reported_count(prompt)) is not None:
             self.prompt_tokens = prompt
-        if (completion := _count(completion)) is not None:
+        if (completion := reported_count(completion)) is not None:
             self.completion_tokens = completion
-        if (reasoning := _count(reasoning)) is not None:
+        if (reasoning := reported_count(reasoning)) is not None:
             self.reasoning_tokens = reasoning
 
     def _tool_call(self, key: Hashable) -> ToolCall:
@@ -198,10 +198,31 @@ class Findings:
         self.last_append = (marker, text, sink)
 
 
-def _count(value: Any) -> int | None:
-    if type(value) is int and value >= 0:
-        return value
-    return None
+def findings_for(
+    facts: RequestFacts,
+    settings: InspectionSettings,
+    inspection: Inspection,
+    role: Role,
+    started: float,
+    now: Callable[[], float] | None,
+    share_text: bool,
+) -> Findings:
+    """The Findings of one response: text kept only when something reads it."""
+    return Findings(
+        inspection,
+        now,
+        started=started,
+        role=role,
+        keep_text=share_text or facts.output_schema is not None or facts.json_object or bool(settings.text_rules),
+        share_text=share_text,
+        keep_tool_arguments=bool(facts.tool_schemas),
+        cap=settings.max_schema_bytes,
+    )
+
+
+def reported_count(value: Any) -> int | None:
+    """A token count as reported: a non-negative integer, else no count."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def record(
