@@ -65,6 +65,7 @@ from canaryproxy.proxy.headers import (
     downstream_response_headers,
     upstream_request_headers,
 )
+from canaryproxy.proxy.recording import StepRecorder
 from canaryproxy.proxy.relay import Relay
 from canaryproxy.proxy.responses import cut_short, error_response, upstream_failure
 from canaryproxy.proxy.routing import Router
@@ -121,6 +122,7 @@ class Forwarder:
         self.feedback = feedback
         self.shadow = shadow
         self.access_log = AccessLog() if settings.access_log else None
+        self._recorder = StepRecorder(sink, self.access_log)
         self._now = now
         self._wall = wall  # wall-clock seconds: when a request was routed, as other hosts read it
         deadlines = Deadlines(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout)
@@ -145,6 +147,7 @@ class Forwarder:
             await self.shadow.start()
 
     async def close(self) -> None:
+        self._recorder.flush()
         if self.access_log is not None:
             self.access_log.flush()
         if self.shadow is not None:
@@ -392,9 +395,4 @@ class Forwarder:
                               request_id=outcome.request_id)
 
     def _finish(self, outcome: Outcome, path: str) -> None:
-        try:
-            self.sink.record(outcome)
-        except Exception:  # a sink must never take a request down with it
-            log.exception("outcome sink failed")
-        if self.access_log is not None:
-            self.access_log.record(outcome, path)
+        self._recorder.record(outcome, path)
