@@ -101,7 +101,9 @@ def _with_usage_requested(body: bytes, request: dict[str, Any]) -> bytes | None:
         # Splice rather than re-encode: every byte the client sent stays as it was.
         brace = len(body) - len(stripped) + 1
         return body[:brace] + _USAGE_MEMBER + body[brace:]
-    rewritten = dict(request)
+    # Written back out: read with json.loads, whose integers keep every digit (jsonbytes.py).
+    rewritten = json.loads(body)
+    options = rewritten.get("stream_options")
     rewritten["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     try:
         return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

@@ -1,4 +1,5 @@
-"""`jsonbytes.loads` gives what `json.loads` gives, value or exception, for any bytes."""
+"""`jsonbytes.loads` gives what `json.loads` gives, value or exception, for any bytes, but for
+integers beyond 64 bits, which read as floats."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 
 from canaryproxy.inspection import jsonbytes
 
+INT64 = st.integers(-(2**63), 2**64 - 1)  # what orjson reads as integers
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | INT64 | st.floats(allow_nan=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
     max_leaves=12,
 )
@@ -67,3 +69,14 @@ def test_any_bytes(data: bytes, prefix: bytes) -> None:
 )
 def test_edges(data: bytes) -> None:
     assert_same(data)
+
+
+def test_integers_beyond_64_bits_read_as_floats_and_stay_whole_in_a_rewritten_request() -> None:
+    from canaryproxy.inspection import InspectionSettings, read_request
+
+    assert jsonbytes.loads(b'{"seed":123456789012345678901234567890}') == {"seed": 1.2345678901234568e29}
+    body = b'{"model":"m","stream":true,"stream_options":{},"seed":123456789012345678901234567890}'
+    sent, facts = read_request("/v1/chat/completions", body, InspectionSettings())
+    assert facts.usage_injected
+    assert json.loads(sent) == {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+                                "seed": 123456789012345678901234567890}
