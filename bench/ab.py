@@ -87,6 +87,16 @@ def start(side: Side, processes: Processes, stable: int, canary: int, workdir: P
     side.pid = proxy.pid
 
 
+def start_upstream(processes: Processes) -> tuple[int, int]:
+    """The benchmark's upstream (bench/upstream.py) on two free ports, on the rig's core: (stable, canary)."""
+    stable, canary = free_port(), free_port()
+    upstream = processes.start("upstream", [sys.executable, str(po.BENCH_DIR / "upstream.py"), "--port",
+                                            str(stable), "--port", str(canary)], RIG_CORE)
+    processes.wait_listening("upstream", upstream, stable)
+    processes.wait_listening("upstream", upstream, canary)
+    return stable, canary
+
+
 def one_round(side: Side, workload: str, body_file: Path, args: argparse.Namespace) -> None:
     timeout = args.seconds + 30.0
     run_pinned(po.wrk_command(side.port, body_file, args.connections, 1), RIG_CORE, timeout)  # warm-up
@@ -157,11 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workload in args.workloads:
             body_files[workload] = workdir / f"{workload}.json"
             body_files[workload].write_bytes(payloads.WORKLOADS[workload])
-        stable, canary = free_port(), free_port()
-        upstream = processes.start("upstream", [sys.executable, str(po.BENCH_DIR / "upstream.py"), "--port",
-                                                str(stable), "--port", str(canary)], RIG_CORE)
-        processes.wait_listening("upstream", upstream, stable)
-        processes.wait_listening("upstream", upstream, canary)
+        stable, canary = start_upstream(processes)
         try:
             for side in (a, b):
                 start(side, processes, stable, canary, workdir)
