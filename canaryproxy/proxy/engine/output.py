@@ -24,9 +24,12 @@ def _gone() -> ConnectionResetError:
 
 
 class Output:
-    __slots__ = ("transport", "paused", "responding", "_waiter", "_head", "_head_flush")
+    __slots__ = ("transport", "paused", "responding", "_loop", "_waiter", "_head", "_head_flush")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on Python < 3.12 (its
+        # check for a fork), once for every response head otherwise.
+        self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.paused = False
         self.responding = False  # the current request's response has begun (set by prepare)
@@ -41,7 +44,7 @@ class Output:
         if transport is None or transport.is_closing():
             raise _gone()
         self._head = head
-        self._head_flush = asyncio.get_running_loop().call_soon(self.flush)
+        self._head_flush = self._loop.call_soon(self.flush)
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -90,7 +93,7 @@ class Output:
             return
         waiter = self._waiter
         if waiter is None:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = self._loop.create_future()
         await asyncio.shield(waiter)  # several may wait; a cancelled one leaves it for the rest
 
     def pause(self) -> None:

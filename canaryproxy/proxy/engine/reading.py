@@ -64,7 +64,7 @@ class Reading(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._held: bytes | None = None  # read but not parsed: the queue was full
         self._held_paused = self._body_paused = self._read_paused = False
-        self.output = Output()  # what the responses write through
+        self.output = Output(self._loop)  # what the responses write through
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
@@ -201,7 +201,7 @@ class Reading(asyncio.Protocol):
         head = self._head
         method, target, version, headers, body = head.complete(parser)  # or HeadRefused
         upgrade = parser.should_upgrade()
-        content = BodyStream(self) if body and not upgrade else NO_BODY
+        content = BodyStream(self, self._loop) if body and not upgrade else NO_BODY
         request = Request(self, method, target, version, CIMultiDictProxy(CIMultiDict(headers)),
                           content, parser.should_keep_alive() and not upgrade)
         if content is not NO_BODY:

@@ -54,15 +54,16 @@ class BodyStream:
     StreamReader the data plane uses, with its semantics: an exception set on the stream is
     raised by the next read, even with data still buffered)."""
 
-    __slots__ = ("_chunks", "size", "_eof", "_exception", "_waiter", "_flow")
+    __slots__ = ("_chunks", "size", "_eof", "_exception", "_waiter", "_flow", "_loop")
 
-    def __init__(self, flow: _FlowControl | None) -> None:
+    def __init__(self, flow: _FlowControl | None, loop: asyncio.AbstractEventLoop | None) -> None:
         self._chunks: deque[bytes] = deque()
         self.size = 0  # bytes received and not yet read
         self._eof = False
         self._exception: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._flow = flow
+        self._loop = loop  # get_running_loop() costs a getpid() on Python < 3.12: once per wait
 
     # --- the connection's side --------------------------------------------------------------
 
@@ -142,7 +143,8 @@ class BodyStream:
             flow.body_drained()
 
     async def _wait(self) -> None:
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()  # NO_BODY has none, and never waits
+        self._waiter = waiter = loop.create_future()
         try:
             await waiter
         finally:
@@ -155,7 +157,7 @@ class _NoBody(BodyStream):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(None)
+        super().__init__(None, None)
         self._eof = True
 
     def set_exception(self, exc: BaseException) -> None:

@@ -265,7 +265,7 @@ class Connection(asyncio.Protocol):
             self._interim = True  # 100 Continue, 103 Early Hints: the response is still to come
             return
         headers = CIMultiDictProxy(CIMultiDict(self._fields))
-        self._response = UpstreamResponse(status, self._reason, headers, self)  # resolved by data_received
+        self._response = UpstreamResponse(status, self._reason, headers, self, self._loop)  # resolved by data_received
         if status == 204 or status == 304:
             self._framed = True  # llhttp reads no body here
         if self._head_only:

@@ -27,9 +27,11 @@ class UpstreamResponse(ChunkIteration):
     """
 
     # `chunks`, `unread`, `waiter`, `done` and `error` are written by the connection.
-    __slots__ = ("status", "reason", "headers", "chunks", "unread", "waiter", "done", "error", "_connection")
+    __slots__ = ("status", "reason", "headers", "chunks", "unread", "waiter", "done", "error", "_connection",
+                 "_loop")
 
-    def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], connection: Connection) -> None:
+    def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], connection: Connection,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers  # header names as received
@@ -39,6 +41,7 @@ class UpstreamResponse(ChunkIteration):
         self.done = False  # the body is complete (what is in `chunks` is its end)
         self.error: UpstreamError | None = None  # what the reader gets once `chunks` is read
         self._connection: Connection | None = connection
+        self._loop = loop  # get_running_loop() costs a getpid() on Python < 3.12: once per wait
 
     async def read(self) -> bytes:
         """The next chunk of the body as it arrived, b"" at its end.
@@ -60,7 +63,7 @@ class UpstreamResponse(ChunkIteration):
                 raise self.error
             if self.done:
                 return b""
-            self.waiter = waiter = asyncio.get_running_loop().create_future()
+            self.waiter = waiter = self._loop.create_future()
             try:
                 await waiter
             finally:
