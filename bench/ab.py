@@ -124,7 +124,7 @@ def report(a: Side, b: Side, workloads: Sequence[str]) -> dict[str, Any]:
             "a_cpu_us": statistics.median(xa), "b_cpu_us": statistics.median(xb),
             "b_over_a": statistics.median(xb) / statistics.median(xa),
             "pair_ratio_median": statistics.median(pair_ratios),
-            "pair_ratio_quartiles": [pair_ratios[len(pair_ratios) // 4], pair_ratios[(3 * len(pair_ratios)) // 4]],
+            "pair_ratio_quartiles": [pair_ratios[len(pair_ratios) // 4], pair_ratios[-1 - len(pair_ratios) // 4]],
             "a_spread": [min(xa), max(xa)], "b_spread": [min(xb), max(xb)],
             "a_req_s": statistics.median(a.rates[workload]), "b_req_s": statistics.median(b.rates[workload]),
         }

@@ -6,7 +6,8 @@
 A variant is NAME (this checkout, the default config of proxy_overhead.py), NAME=JSON (that
 config with JSON merged in), NAME@TREE (the canaryproxy package of another checkout, or of a copy
 of this one with one part cut out: a sink that returns at once, a `finish` that reads nothing) or
-NAME@TREE=JSON. The first variant is the base the others are compared with.
+NAME@TREE=JSON (the first `=` starts the JSON: a TREE path must not hold one). The first variant
+is the base the others are compared with.
 
 Why not a profile: on this VM py-spy's blocking sampler lands at system calls far more often than
 elsewhere, and a function's microbenchmark understates it two to three times (cold code and data
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -36,12 +38,15 @@ import proxy_overhead as po
 from rig import RIG_CORE, Processes, RigError
 
 
+_NAME = re.compile(r"[\w.-]+")  # also the name of its config file
+
+
 def parse_variant(text: str) -> ab.Side:
     """NAME, NAME=JSON, NAME@TREE or NAME@TREE=JSON as a side of the comparison."""
     head, _, config = text.partition("=")
     name, _, tree = head.partition("@")
-    if not name:
-        raise ValueError(f"variant {text!r}: no name")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"variant {text!r}: a name of letters, digits, '.', '_' or '-' first")
     try:
         overrides = json.loads(config) if config else {}
     except json.JSONDecodeError as exc:
@@ -55,8 +60,9 @@ def parse_variant(text: str) -> ab.Side:
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(lower, median, upper), the outer two as many places from each end."""
     ordered = sorted(values)
-    return ordered[len(ordered) // 4], statistics.median(ordered), ordered[(3 * len(ordered)) // 4]
+    return ordered[len(ordered) // 4], statistics.median(ordered), ordered[-1 - len(ordered) // 4]
 
 
 def report(sides: Sequence[ab.Side], workload: str) -> None:

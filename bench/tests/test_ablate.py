@@ -19,7 +19,8 @@ def test_a_config_and_a_tree_are_taken_as_given() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("=" + "{}", "no name"),
+    ("=" + "{}", "a name of letters"),
+    ("a/b", "a name of letters"),
     ("bad={", "not JSON"),
     ("list=[1]", "must be a JSON object"),
     ("gone@/nonexistent", "holds no canaryproxy package"),
@@ -30,4 +31,5 @@ def test_what_cannot_run_is_refused_with_the_reason(text: str, message: str) -> 
 
 
 def test_quartiles_of_the_ratios() -> None:
-    assert quartiles([1.0, 0.9, 1.1, 0.95]) == (0.95, 0.975, 1.1)
+    assert quartiles([1.0, 0.9, 1.1, 0.95]) == (0.95, 0.975, 1.0)
+    assert quartiles([5, 1, 4, 2, 3, 8, 7, 6]) == (3, 4.5, 6)

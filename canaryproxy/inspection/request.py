@@ -101,14 +101,16 @@ def _with_usage_requested(body: bytes, request: dict[str, Any]) -> bytes | None:
         # Splice rather than re-encode: every byte the client sent stays as it was.
         brace = len(body) - len(stripped) + 1
         return body[:brace] + _USAGE_MEMBER + body[brace:]
-    # Written back out: read with json.loads, whose integers keep every digit (jsonbytes.py).
-    rewritten = json.loads(body)
-    options = rewritten.get("stream_options")
-    rewritten["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     try:
+        # Written back out: read with json.loads, whose integers keep every digit (jsonbytes.py).
+        rewritten = json.loads(body)
+        options = rewritten.get("stream_options")
+        rewritten["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-    except (ValueError, UnicodeEncodeError):
-        return None  # NaN or a lone surrogate: the client's JSON was not valid to begin with
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        # NaN or a lone surrogate (the client's JSON was not valid to begin with), or nesting
+        # deeper than json's recursion allows (orjson reads 1,024 levels): sent as it came.
+        return None
 
 
 def _route_schema(path: str, settings: InspectionSettings) -> dict[str, Any] | None:

@@ -6,11 +6,13 @@ ends, that code and its data are cold every time; done for all the requests that
 event-loop step, one after the other, they stay warm, and the same work costs a fraction
 (bench/README.md, "Recording at the end of the step").
 
-Nothing that can read what was recorded runs in between: the flush is queued (`call_soon`) in
-the step where the first of the batch ended, and runs before the loop polls for I/O again, so a
-request that arrives after a response was sent (a scrape of /metrics, an admin call, the next
-request of the same client) sees that response counted, as before; the controller's evaluations
-run from timers, which fire in later steps. `flush()` also runs at shutdown.
+The flush is queued (`call_soon`) in the step where the first of the batch ended and runs before
+the loop polls for I/O again, so whatever arrives after a response was sent (a scrape of /metrics,
+an admin call, a feedback post, the next request of the same client) sees that response counted,
+as before. A timer or task wake-up already queued for the same turn of the loop may run before
+the flush and miss an outcome that ended microseconds earlier: the controller's evaluations are
+such timers, and nothing they decide depends on a request that was not causally before them.
+`flush()` also runs at shutdown.
 """
 
 from __future__ import annotations
@@ -56,4 +58,7 @@ class StepRecorder:
             except Exception:  # a sink must never take the data plane down with it
                 log.exception("outcome sink failed")
             if access_log is not None:
-                access_log.record(outcome, path)
+                try:
+                    access_log.record(outcome, path)
+                except Exception:  # nor may a log line, or the rest of the batch would be lost
+                    log.exception("access log failed")

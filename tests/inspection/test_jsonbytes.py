@@ -71,6 +71,15 @@ def test_edges(data: bytes) -> None:
     assert_same(data)
 
 
+def test_a_body_nested_deeper_than_json_loads_reaches_is_sent_as_it_came() -> None:
+    from canaryproxy.inspection import InspectionSettings, read_request
+
+    deep = b"[" * 1000 + b"]" * 1000
+    body = b'{"model":"m","stream":true,"stream_options":{},"x":' + deep + b"}"
+    sent, facts = read_request("/v1/chat/completions", body, InspectionSettings())
+    assert sent == body and not facts.usage_injected and facts.model == "m"
+
+
 def test_integers_beyond_64_bits_read_as_floats_and_stay_whole_in_a_rewritten_request() -> None:
     from canaryproxy.inspection import InspectionSettings, read_request
 
