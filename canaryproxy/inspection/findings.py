@@ -239,30 +239,13 @@ def record(
     truncated stream: its output is not the model's answer, and the truncation already counts.
     """
     inspection = found.inspection
-    inspection.model = found.model or facts.model
     inspection.finish_reason = found.finish_reason
     if found.first_output_at is not None:
         # Taken when the chunk with the first output arrived; only the subtraction happens now.
         inspection.ttft = found.first_output_at - found.started
-    inspection.prompt_tokens = found.prompt_tokens
-    inspection.reasoning_tokens = found.reasoning_tokens
-    if produces_text:
-        inspection.output_chars = found.output_chars
-        inspection.estimated_tokens = estimate.completion_tokens(found.output_chars, found.deltas)
-        usage_reported = found.completion_tokens is not None
-    else:
-        usage_reported = found.prompt_tokens is not None
-    if usage_reported:
-        inspection.completion_tokens = found.completion_tokens
-        price = price_for(settings.prices, found.model, facts.model, found.role)
-        if price is not None:
-            inspection.cost_usd = cost_usd(price, found.prompt_tokens, found.completion_tokens)
-    else:
-        # No usage block: the proxy's own count (estimate.py), and say so. No cost either: cost
-        # comes from reported usage only, and without the prompt count it would be mostly invented.
-        inspection.usage_missing = True
-        if produces_text:
-            inspection.completion_tokens = inspection.estimated_tokens
+    write_counts(inspection, settings, facts, found.role, found.model, found.prompt_tokens,
+                 found.completion_tokens, found.reasoning_tokens,
+                 found.output_chars if produces_text else None, found.deltas)
     if checks:
         inspection.schema_ok, inspection.schema_skipped = _check_outputs(found, facts, settings.max_schema_bytes)
     if found.share_text:
@@ -270,6 +253,43 @@ def record(
     if settings.text_rules and found.texts:
         text = inspection.text if found.share_text else "".join(sink.text() for sink in found.texts.values())
         record_text_rules(inspection, text or "", settings)
+
+
+def write_counts(
+    inspection: Inspection,
+    settings: InspectionSettings,
+    facts: RequestFacts,
+    role: Role,
+    model: str | None,
+    prompt: int | None,
+    completion: int | None,
+    reasoning: int | None,
+    chars: int | None,
+    deltas: int,
+) -> None:
+    """The model, token counts, output length, the proxy's estimate and the cost of one answer, by
+    the one rule every reader follows. `model` is the one the answer reported; `chars` None for an
+    answer without text (embeddings: no length, no estimate, usage is the prompt count)."""
+    inspection.model = model or facts.model
+    inspection.prompt_tokens = prompt
+    inspection.reasoning_tokens = reasoning
+    if chars is not None:
+        inspection.output_chars = chars
+        inspection.estimated_tokens = estimate.completion_tokens(chars, deltas)
+        usage_reported = completion is not None
+    else:
+        usage_reported = prompt is not None
+    if usage_reported:
+        inspection.completion_tokens = completion
+        price = price_for(settings.prices, model, facts.model, role)
+        if price is not None:
+            inspection.cost_usd = cost_usd(price, prompt, completion)
+    else:
+        # No usage block: the proxy's own count (estimate.py), and say so. No cost either: cost
+        # comes from reported usage only, and without the prompt count it would be mostly invented.
+        inspection.usage_missing = True
+        if chars is not None:
+            inspection.completion_tokens = inspection.estimated_tokens
 
 
 def _check_outputs(found: Findings, facts: RequestFacts, max_bytes: int) -> tuple[bool | None, bool]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from canaryproxy.core.types import Role
-from canaryproxy.inspection import estimate
-from canaryproxy.inspection.findings import reported_count
-from canaryproxy.inspection.pricing import cost_usd, price_for
+from canaryproxy.inspection.findings import reported_count, write_counts
 from canaryproxy.inspection.request import RequestFacts
 from canaryproxy.inspection.result import Inspection
 from canaryproxy.inspection.settings import InspectionSettings
@@ -57,20 +55,7 @@ def read_plain_chat(body: dict[str, Any], inspection: Inspection, facts: Request
         if type(details) is dict:
             reasoning = reported_count(details.get("reasoning_tokens"))
     model = body.get("model")
-    model = model if type(model) is str and model else None
-    chars = len(content)
-    inspection.model = model or facts.model
     inspection.finish_reason = reason if type(reason) is str and reason else None
-    inspection.prompt_tokens = prompt
-    inspection.reasoning_tokens = reasoning
-    inspection.output_chars = chars
-    estimated = inspection.estimated_tokens = estimate.completion_tokens(chars, 1 if chars else 0)
-    if completion is None:
-        inspection.usage_missing = True  # the proxy's own count stands in; no cost without usage
-        inspection.completion_tokens = estimated
-    else:
-        inspection.completion_tokens = completion
-        price = price_for(settings.prices, model, facts.model, role)
-        if price is not None:
-            inspection.cost_usd = cost_usd(price, prompt, completion)
+    write_counts(inspection, settings, facts, role, model if type(model) is str and model else None,
+                 prompt, completion, reasoning, len(content), 1 if content else 0)
     return True

@@ -117,7 +117,6 @@ class Forwarder:
         self.settings = settings
         self.router = router
         self.trusted = trusted
-        self.sink = sink
         self.inspection = inspection  # None: no inspection
         self.feedback = feedback
         self.shadow = shadow
